@@ -1,0 +1,4 @@
+//! qemud settings and the libvirt domain XML model.
+
+pub mod domain;
+pub mod settings;

@@ -1,0 +1,170 @@
+//! qemud: the daemon binary. Parses flags over the embedded default
+//! settings, starts the actors, listens on the configured sockets and shuts
+//! down cleanly on SIGTERM/SIGINT (running VMs are left running and are
+//! re-attached by the next start).
+
+mod listeners;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use qemud_actors::events::EventBus;
+use qemud_actors::host::HostInfo;
+use qemud_actors::index::DomainIndex;
+use qemud_actors::registry::Registry;
+use qemud_actors::store::Store;
+use qemud_actors::Services;
+use qemud_config::settings::{Mode, Settings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qemud",
+    version,
+    about = "QEMU host daemon speaking libvirt's remote protocol"
+)]
+struct Args {
+    /// TOML settings file; without it the embedded defaults apply.
+    #[arg(long, short = 'f', env = "QEMUD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Read-write UNIX socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Read-only UNIX socket path.
+    #[arg(long)]
+    socket_ro: Option<PathBuf>,
+    /// Directory for persistent definitions and logs.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Directory for sockets and running-VM records.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Listen for plain TCP on this address (needs auth_tcp = "none").
+    #[arg(long)]
+    listen_tcp: Option<String>,
+    /// Write the daemon's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// QEMU binary to use.
+    #[arg(long)]
+    qemu: Option<String>,
+}
+
+fn apply(args: &Args, s: &mut Settings) {
+    // The run dir moves the default socket paths along with it.
+    if let Some(d) = &args.run_dir {
+        s.set_run_dir(d.clone());
+    }
+    if let Some(d) = &args.state_dir {
+        s.state_dir = d.clone();
+    }
+    if let Some(p) = &args.socket {
+        s.unix_sock_path = p.clone();
+    }
+    if let Some(p) = &args.socket_ro {
+        s.unix_sock_ro_path = p.clone();
+    }
+    if let Some(a) = &args.listen_tcp {
+        s.listen_tcp = true;
+        s.tcp_addr = a.clone();
+    }
+    if let Some(q) = &args.qemu {
+        s.qemu_binary = Some(q.clone());
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut settings = match Settings::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
+    apply(&args, &mut settings);
+    let settings = Arc::new(settings);
+
+    let system = actix_rt::System::new();
+    let code = system.block_on(run(settings, args.pid_file.clone()));
+    std::process::exit(code);
+}
+
+async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
+    let host = Arc::new(HostInfo::probe(settings.qemu_binary.as_deref()));
+    info!(
+        emulator = %host.emulator.display(),
+        qemu_version = host.qemu_version,
+        kvm = host.kvm,
+        "host probed"
+    );
+    let index = Arc::new(DomainIndex::new());
+    let events = actix::Actor::start(EventBus::default());
+    let store = Store::new(settings.state_dir.clone(), settings.run_dir.clone());
+    let registry = actix::Actor::start(Registry::new(
+        settings.clone(),
+        host.clone(),
+        store,
+        index.clone(),
+        events.clone(),
+    ));
+    let uri = match settings.mode {
+        Mode::System => "qemu:///system",
+        Mode::Session => "qemu:///session",
+    };
+    let svc = Arc::new(Services {
+        settings: settings.clone(),
+        host,
+        index,
+        registry,
+        events,
+        uri: uri.to_owned(),
+    });
+
+    let listeners = match listeners::start(svc.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    if let Some(p) = &pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            error!("cannot write pid file {}: {e}", p.display());
+            return 1;
+        }
+    }
+    info!("qemud ready");
+
+    wait_for_shutdown().await;
+    info!("shutting down; running domains keep running");
+    listeners.close();
+    if let Some(p) = &pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    0
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
