@@ -40,7 +40,6 @@ pub mod lifecycle {
     pub const STOPPED_DESTROYED: i32 = 1;
     pub const STOPPED_CRASHED: i32 = 2;
     pub const STOPPED_FAILED: i32 = 5;
-    pub const SHUTDOWN_FINISHED: i32 = 0;
     pub const SHUTDOWN_GUEST: i32 = 1;
     pub const SHUTDOWN_HOST: i32 = 2;
 }

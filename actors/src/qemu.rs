@@ -153,8 +153,16 @@ pub async fn attach(pid: i32, qmp_socket: &Path, qmp_timeout: Duration) -> Resul
     })
 }
 
+/// Alive means running or sleeping: a zombie waiting for an init that
+/// reaps slowly is already gone as far as the domain is concerned.
 fn pid_alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
 }
 
 /// Forwards events in order, then reports the exit once the process is

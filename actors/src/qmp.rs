@@ -264,7 +264,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     async fn peer(
-        script: impl FnOnce(UnixStream) -> tokio::task::JoinHandle<()>,
+        script: impl FnOnce(UnixStream) -> tokio::task::JoinHandle<()> + Send + 'static,
     ) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");

@@ -524,9 +524,12 @@ impl Registry {
                     });
                     return;
                 }
+                if live.destroying {
+                    // Our own SIGTERM: the stop is reported as destroyed.
+                    return;
+                }
                 live.got_shutdown = true;
                 let vm = live.vm.clone();
-                let destroying = live.destroying;
                 self.save_live(&uuid);
                 if self.set_state(&uuid, DomainState::Shutdown, reason::SHUTDOWN_USER) {
                     let detail = if guest {
@@ -534,25 +537,20 @@ impl Registry {
                     } else {
                         lc::SHUTDOWN_HOST
                     };
-                    self.lifecycle(&uuid, lc::SHUTDOWN, lc::SHUTDOWN_FINISHED);
-                    if detail != lc::SHUTDOWN_FINISHED {
-                        self.lifecycle(&uuid, lc::SHUTDOWN, detail);
+                    self.lifecycle(&uuid, lc::SHUTDOWN, detail);
+                }
+                // QEMU runs with -no-shutdown: tell it to exit now.
+                actix_rt::spawn(async move {
+                    let r = vm
+                        .send(QmpCommand {
+                            command: "quit",
+                            arguments: None,
+                        })
+                        .await;
+                    if !matches!(r, Ok(Ok(_))) {
+                        vm.do_send(Kill { graceful: false });
                     }
-                }
-                if !destroying {
-                    // QEMU runs with -no-shutdown: tell it to exit now.
-                    actix_rt::spawn(async move {
-                        let r = vm
-                            .send(QmpCommand {
-                                command: "quit",
-                                arguments: None,
-                            })
-                            .await;
-                        if !matches!(r, Ok(Ok(_))) {
-                            vm.do_send(Kill { graceful: false });
-                        }
-                    });
-                }
+                });
             }
             "STOP" => {
                 if live.got_shutdown || live.destroying {

@@ -1,1 +1,472 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a real `qemud` started in a
+//! private directory, real `virsh` and python3-libvirt, and a real guest
+//! (a Debian kernel with a busybox initramfs, see `tests/guest/`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace's target directory, where `cargo build` put the binaries.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+}
+
+/// A built binary of the workspace (`.ci/run` builds them before testing).
+pub fn binary(name: &str) -> PathBuf {
+    for profile in ["debug", "release"] {
+        let p = target_dir().join(profile).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not built; run `cargo build --workspace` first");
+}
+
+/// Whether KVM can be used here; tests fall back to TCG otherwise.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The domain type tests put in their XML.
+pub fn domain_type() -> &'static str {
+    if kvm_usable() {
+        "kvm"
+    } else {
+        "qemu"
+    }
+}
+
+/// A daemon under test, with its own state and run directories.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    /// Starts the daemon with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        // Short paths: UNIX socket names are limited to 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("qd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("libvirt-sock")
+    }
+
+    pub fn socket_ro(&self) -> PathBuf {
+        self.run_dir().join("libvirt-sock-ro")
+    }
+
+    pub fn uri(&self) -> String {
+        format!("qemu+unix:///system?socket={}", self.socket().display())
+    }
+
+    pub fn uri_ro(&self) -> String {
+        format!("qemu+unix:///system?socket={}", self.socket_ro().display())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("qemud.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new(binary("qemud"))
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,qemud_actors=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn qemud");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !(self.socket().exists()
+            && std::os::unix::net::UnixStream::connect(self.socket()).is_ok())
+        {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("qemud exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < until,
+                "qemud did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, leaving its VMs running.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same directories.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < until, "qemud ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pids of the QEMUs this daemon's run directory records.
+    pub fn qemu_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.run_dir().join("pid")) else {
+            return pids;
+        };
+        for e in entries.flatten() {
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                if let Ok(p) = text.trim().parse() {
+                    pids.push(p);
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Never leave VMs behind: they were started for this test only.
+        for pid in self.qemu_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .status();
+    }
+}
+
+/// Output of a client command, with helpers for assertions.
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "command failed: {}\nstdout: {}",
+            self.stderr,
+            self.stdout
+        );
+        &self.stdout
+    }
+
+    #[track_caller]
+    pub fn fails(&self) -> &str {
+        assert!(
+            !self.status.success(),
+            "command unexpectedly succeeded: {}",
+            self.stdout
+        );
+        &self.stderr
+    }
+}
+
+/// Runs real virsh against `uri` with a deadline.
+pub fn virsh(uri: &str, args: &[&str]) -> Run {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    Run::from(out)
+}
+
+/// Runs virsh without `-q`, for commands whose headers are checked.
+pub fn virsh_full(uri: &str, args: &[&str]) -> Run {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    Run::from(out)
+}
+
+/// Runs a python3-libvirt script (Debian's /usr/bin/python3); the script
+/// finds the URI in `QEMUD_URI`.
+pub fn python(uri: &str, script: &str) -> Run {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("QEMUD_URI", uri)
+        .output()
+        .expect("run python3");
+    Run::from(out)
+}
+
+/// Paths of the test guest, built once per machine by tests/guest/build-guest.sh.
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+pub fn guest() -> Guest {
+    let dir = std::env::var_os("QEMUD_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/qemud-guest"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guest")
+        .join("build-guest.sh");
+    // flock serialises concurrent builders from parallel tests.
+    let status = Command::new("flock")
+        .arg("/tmp/qemud-guest.lock")
+        .arg("bash")
+        .arg(&script)
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run build-guest.sh");
+    assert!(status.success(), "building the test guest failed");
+    Guest {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initramfs.cpio.gz"),
+    }
+}
+
+/// Domain XML booting the test guest, with a serial log file so tests can
+/// wait for the guest to be ready for ACPI events.
+pub fn guest_xml(name: &str, memory_mib: u32) -> String {
+    let g = guest();
+    format!(
+        "<domain type='{ty}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <serial type='pty'/>
+    <console type='pty'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        ty = domain_type(),
+        kernel = g.kernel.display(),
+        initrd = g.initrd.display(),
+    )
+}
+
+/// A domain that needs no guest at all (firmware only): cheap to start.
+pub fn tiny_xml(name: &str) -> String {
+    format!(
+        "<domain type='{}'><name>{name}</name><memory unit='MiB'>32</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <devices><memballoon model='none'/></devices></domain>",
+        domain_type()
+    )
+}
+
+/// Writes XML to a file in `dir` and returns its path.
+pub fn write_xml(dir: &Path, name: &str, xml: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.xml"));
+    std::fs::write(&p, xml).expect("write xml");
+    p
+}
+
+/// Polls `f` until it is true or `secs` pass.
+#[track_caller]
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the guest on the domain's first serial pty prints its ready
+/// marker (it then handles the ACPI power button).
+pub fn wait_guest_ready(uri: &str, name: &str, secs: u64) {
+    let xml = virsh(uri, &["dumpxml", name]).ok().to_owned();
+    let pty = xml
+        .split("<source path='")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .expect("serial pty in live XML")
+        .to_owned();
+    let f = std::fs::File::open(&pty).expect("open pty");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(f);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.contains("QEMUD-GUEST-READY") {
+                let _ = tx.send(());
+                return;
+            }
+            line.clear();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("guest {name} did not become ready in {secs}s"));
+}
+
+/// A spawned long-running client (e.g. `virsh event --loop`) whose output
+/// is collected line by line.
+pub struct Watcher {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Watcher {
+    pub fn spawn(cmd: &mut Command) -> Watcher {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn watcher");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    #[track_caller]
+    pub fn expect(&mut self, needle: &str, secs: u64) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Collects lines for a while.
+    pub fn drain(&mut self, wait: Duration) -> Vec<String> {
+        let until = Instant::now() + wait;
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(l);
+        }
+        self.seen.clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

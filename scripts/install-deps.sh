@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what qemud and its test suite need on Debian: QEMU, the libvirt
+# clients the tests drive (virsh, python3-libvirt), and what the test guest
+# is built from (a Debian kernel, busybox, cpio). Idempotent.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+    qemu-system-x86 \
+    libvirt-clients \
+    python3-libvirt \
+    busybox-static \
+    cpio \
+    gzip \
+    xz-utils \
+    ca-certificates \
+    procps \
+    util-linux \
+    openssl \
+    >/dev/null
+
+# The test guest boots a Debian kernel. Installing linux-image-amd64 would
+# also build an initramfs for the host, which we do not need: unpack the
+# package instead, unless a kernel is already present.
+if ! ls /boot/vmlinuz-* >/dev/null 2>&1 && [ ! -e /var/cache/qemud-kernel/boot ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq "$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')")
+    $SUDO mkdir -p /var/cache/qemud-kernel
+    $SUDO dpkg-deb -x "$tmp"/linux-image-*.deb /var/cache/qemud-kernel
+    rm -rf "$tmp"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (rustup or Debian's cargo) first" >&2
+    exit 1
+fi

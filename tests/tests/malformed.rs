@@ -1,0 +1,188 @@
+//! Issue 2: hostile or broken input never takes the daemon down, never makes
+//! it allocate much, and leaves other clients untouched.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use qemud_tests::*;
+
+const REMOTE: u32 = 0x2000_8086;
+
+fn connect(d: &Daemon) -> UnixStream {
+    let s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn frame(program: u32, procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&program.to_be_bytes());
+    v.extend_from_slice(&1u32.to_be_bytes());
+    v.extend_from_slice(&procedure.to_be_bytes());
+    v.extend_from_slice(&0i32.to_be_bytes()); // CALL
+    v.extend_from_slice(&serial.to_be_bytes());
+    v.extend_from_slice(&0i32.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Reads one reply: (procedure, serial, status, body).
+fn read_reply(s: &mut UnixStream) -> (i32, u32, i32, Vec<u8>) {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let len = u32::from_be_bytes(len) as usize;
+    let mut rest = vec![0u8; len - 4];
+    s.read_exact(&mut rest).unwrap();
+    let word = |i: usize| u32::from_be_bytes(rest[i..i + 4].try_into().unwrap());
+    (
+        word(8) as i32,
+        word(16),
+        word(20) as i32,
+        rest[24..].to_vec(),
+    )
+}
+
+/// Error code of a `remote_error` body.
+fn error_code(body: &[u8]) -> i32 {
+    i32::from_be_bytes(body[0..4].try_into().unwrap())
+}
+
+fn open(s: &mut UnixStream) {
+    // CONNECT_OPEN with name NULL, flags 0.
+    s.write_all(&frame(REMOTE, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .unwrap();
+    let (_, serial, status, _) = read_reply(s);
+    assert_eq!((serial, status), (1, 0));
+}
+
+fn closed(s: &mut UnixStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+fn still_serving(d: &Daemon) {
+    virsh(&d.uri(), &["list", "--all"]).ok();
+}
+
+#[test]
+fn unknown_procedure_gets_no_support_and_connection_stays() {
+    let d = Daemon::start();
+    let mut s = connect(&d);
+    open(&mut s);
+    s.write_all(&frame(REMOTE, 9999, 7, &[])).unwrap();
+    let (proc_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((proc_, serial, status), (9999, 7, 1));
+    assert_eq!(error_code(&body), 3, "VIR_ERR_NO_SUPPORT");
+    // Same connection still works: CONNECT_GET_LIB_VERSION.
+    s.write_all(&frame(REMOTE, 157, 8, &[])).unwrap();
+    let (_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((serial, status), (8, 0));
+    assert_eq!(body, 9_000_000u64.to_be_bytes());
+}
+
+#[test]
+fn unknown_program_gets_error_reply() {
+    let d = Daemon::start();
+    let mut s = connect(&d);
+    s.write_all(&frame(0x1234_5678, 1, 3, &[])).unwrap();
+    let (_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((serial, status), (3, 1));
+    assert_eq!(error_code(&body), 39, "VIR_ERR_RPC");
+    open(&mut s);
+}
+
+#[test]
+fn calls_before_open_are_refused() {
+    let d = Daemon::start();
+    let mut s = connect(&d);
+    s.write_all(&frame(REMOTE, 273, 2, &[0, 0, 0, 1, 0, 0, 0, 0]))
+        .unwrap();
+    let (_, _, status, body) = read_reply(&mut s);
+    assert_eq!(status, 1);
+    assert_eq!(
+        error_code(&body),
+        1,
+        "VIR_ERR_INTERNAL_ERROR: connection not open"
+    );
+}
+
+#[test]
+fn huge_string_length_is_a_decode_error_not_an_allocation() {
+    let d = Daemon::start();
+    let mut s = connect(&d);
+    open(&mut s);
+    // DOMAIN_LOOKUP_BY_NAME with a string claiming 4 GiB.
+    s.write_all(&frame(
+        REMOTE,
+        23,
+        5,
+        &[0xff, 0xff, 0xff, 0xff, b'a', b'b', 0, 0],
+    ))
+    .unwrap();
+    let (_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((serial, status), (5, 1));
+    assert_eq!(error_code(&body), 39, "VIR_ERR_RPC");
+    // A string longer than the message, too.
+    s.write_all(&frame(REMOTE, 23, 6, &[0, 0, 1, 0, b'a', b'b', 0, 0]))
+        .unwrap();
+    let (_, serial, status, _) = read_reply(&mut s);
+    assert_eq!((serial, status), (6, 1));
+    still_serving(&d);
+}
+
+#[test]
+fn bad_lengths_close_only_that_connection() {
+    let d = Daemon::start();
+    let mut bystander = connect(&d);
+    open(&mut bystander);
+    for len in [0u32, 4, 27, 16 * 1024 * 1024 + 5, u32::MAX] {
+        let mut s = connect(&d);
+        s.write_all(&len.to_be_bytes()).unwrap();
+        s.write_all(&[0u8; 32]).unwrap();
+        assert!(closed(&mut s), "length {len} did not close the connection");
+    }
+    // Truncated frame then hang-up.
+    {
+        let mut s = connect(&d);
+        let f = frame(REMOTE, 157, 1, &[]);
+        s.write_all(&f[..10]).unwrap();
+    }
+    // The daemon's memory stayed small after a 4 GiB length claim.
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .map(|c| c.contains("qemud") && c.contains(d.dir.path().to_str().unwrap()))
+                .unwrap_or(false)
+        })
+        .expect("daemon pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 200 * 1024, "daemon RSS {rss_kib} KiB");
+    // The bystander is unaffected.
+    bystander.write_all(&frame(REMOTE, 157, 9, &[])).unwrap();
+    let (_, serial, status, _) = read_reply(&mut bystander);
+    assert_eq!((serial, status), (9, 0));
+    still_serving(&d);
+}
+
+#[test]
+fn keepalive_ping_gets_pong() {
+    let d = Daemon::start();
+    let mut s = connect(&d);
+    let mut ping = frame(0x6b65_6570, 1, 0, &[]);
+    ping[16..20].copy_from_slice(&2i32.to_be_bytes()); // MESSAGE
+    s.write_all(&ping).unwrap();
+    let (proc_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((proc_, serial, status), (2, 0, 0));
+    assert!(body.is_empty());
+}
