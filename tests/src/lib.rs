@@ -470,3 +470,12 @@ impl Drop for Watcher {
         let _ = self.child.wait();
     }
 }
+
+/// Collapses runs of blanks in every line, so table output can be matched
+/// without depending on column widths.
+pub fn squash(s: &str) -> String {
+    s.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

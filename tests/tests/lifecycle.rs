@@ -1,0 +1,238 @@
+//! Issue 3: real QEMU domains driven through unmodified virsh and
+//! python3-libvirt: define, start, query, suspend, resume, reset, destroy,
+//! ACPI shutdown, undefine; errors as libvirt gives them.
+
+use qemud_tests::*;
+
+#[test]
+fn virsh_full_lifecycle() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let xml = write_xml(d.dir.path(), "life", &guest_xml("life", 192));
+
+    let out = virsh(&uri, &["define", xml.to_str().unwrap()]);
+    assert!(out.ok().contains("Domain 'life' defined"), "{}", out.stdout);
+    let list = squash(virsh(&uri, &["list", "--all"]).ok());
+    assert!(list.contains("- life shut off"), "{list}");
+    assert_eq!(virsh(&uri, &["domstate", "life"]).ok().trim(), "shut off");
+
+    virsh(&uri, &["start", "life"]).ok();
+    let list = squash(virsh(&uri, &["list"]).ok());
+    assert!(list.contains("1 life running"), "{list}");
+    let id = virsh(&uri, &["domid", "life"]).ok().trim().to_owned();
+    assert_eq!(id, "1");
+    let uuid = virsh(&uri, &["domuuid", "life"]).ok().trim().to_owned();
+    assert_eq!(uuid.len(), 36);
+    assert_eq!(virsh(&uri, &["domname", &uuid]).ok().trim(), "life");
+    assert_eq!(virsh(&uri, &["domname", &id]).ok().trim(), "life");
+    let info = virsh(&uri, &["dominfo", "life"]);
+    let info = info.ok();
+    for expect in [
+        "Name:           life",
+        "State:          running",
+        "CPU(s):         1",
+        "Max memory:     196608 KiB",
+        "Persistent:     yes",
+        "Autostart:      disable",
+        "OS Type:        hvm",
+    ] {
+        assert!(info.contains(expect), "missing {expect:?} in {info}");
+    }
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "life"]).ok().trim(),
+        "running (booted)"
+    );
+    let live = virsh(&uri, &["dumpxml", "life"]);
+    let live = live.ok();
+    assert!(
+        live.contains(&format!("<domain type='{}' id='1'>", domain_type())),
+        "{live}"
+    );
+    assert!(live.contains("<source path='/dev/pts/"), "{live}");
+    assert!(live.contains(&format!("<uuid>{uuid}</uuid>")), "{live}");
+    let inactive = virsh(&uri, &["dumpxml", "--inactive", "life"]);
+    assert!(!inactive.ok().contains("id='1'"), "{}", inactive.stdout);
+
+    // Starting twice is refused the way libvirt refuses it.
+    assert!(virsh(&uri, &["start", "life"])
+        .fails()
+        .contains("already active"));
+
+    virsh(&uri, &["suspend", "life"]).ok();
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "life"]).ok().trim(),
+        "paused (user)"
+    );
+    virsh(&uri, &["resume", "life"]).ok();
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "life"]).ok().trim(),
+        "running (unpaused)"
+    );
+    let reset = virsh(&uri, &["reset", "life"]);
+    assert!(reset.ok().contains("was reset"), "{}", reset.stdout);
+    assert_eq!(virsh(&uri, &["domstate", "life"]).ok().trim(), "running");
+
+    virsh(&uri, &["destroy", "life"]).ok();
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "life"]).ok().trim(),
+        "shut off (destroyed)"
+    );
+    assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "-");
+    let err = virsh(&uri, &["suspend", "life"]);
+    assert!(
+        err.fails()
+            .contains("Requested operation is not valid: domain is not running"),
+        "{}",
+        err.stderr
+    );
+
+    // A second boot gets a new id, and a real ACPI shutdown stops it.
+    virsh(&uri, &["start", "life"]).ok();
+    assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
+    wait_guest_ready(&uri, "life", 120);
+    virsh(&uri, &["shutdown", "life"]).ok();
+    wait_until(60, "guest shutdown", || {
+        virsh(&uri, &["domstate", "life"]).stdout.trim() == "shut off"
+    });
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "life"]).ok().trim(),
+        "shut off (shutdown)"
+    );
+
+    virsh(&uri, &["undefine", "life"]).ok();
+    let err = virsh(&uri, &["dominfo", "life"]);
+    assert!(
+        err.fails()
+            .contains("Domain not found: no domain with matching name 'life'"),
+        "{}",
+        err.stderr
+    );
+    assert!(virsh(&uri, &["list", "--all", "--name"])
+        .ok()
+        .trim()
+        .is_empty());
+    assert!(d.qemu_pids().is_empty(), "QEMU left running");
+}
+
+#[test]
+fn definitions_are_validated_and_persisted() {
+    let mut d = Daemon::start();
+    let uri = d.uri();
+    let bad = write_xml(d.dir.path(), "bad", "<domain type='qemu'><name>x</name>");
+    let err = virsh(&uri, &["define", bad.to_str().unwrap()]);
+    assert!(err.fails().contains("XML error"), "{}", err.stderr);
+    let hostdev = tiny_xml("hd").replace(
+        "<devices>",
+        "<devices><hostdev mode='subsystem' type='pci'/>",
+    );
+    let hostdev = write_xml(d.dir.path(), "hd", &hostdev);
+    let err = virsh(&uri, &["define", hostdev.to_str().unwrap()]);
+    assert!(
+        err.fails().contains("unsupported configuration: hostdev"),
+        "{}",
+        err.stderr
+    );
+
+    let a = write_xml(d.dir.path(), "a", &tiny_xml("a"));
+    virsh(&uri, &["define", a.to_str().unwrap()]).ok();
+    // Same name, other uuid: refused.
+    let clash = write_xml(
+        d.dir.path(),
+        "clash",
+        &tiny_xml("a").replace(
+            "<name>",
+            "<uuid>11111111-2222-3333-4444-555555555555</uuid><name>",
+        ),
+    );
+    let err = virsh(&uri, &["define", clash.to_str().unwrap()]);
+    assert!(
+        err.fails().contains("already exists with uuid"),
+        "{}",
+        err.stderr
+    );
+    virsh(&uri, &["autostart", "a"]).ok();
+    assert!(virsh(&uri, &["dominfo", "a"])
+        .ok()
+        .contains("Autostart:      enable"));
+    virsh(&uri, &["autostart", "--disable", "a"]).ok();
+
+    // Definitions survive a restart, byte for byte.
+    let before = virsh(&uri, &["dumpxml", "a"]).ok().to_owned();
+    d.kill9();
+    d.restart();
+    assert_eq!(virsh(&uri, &["dumpxml", "a"]).ok(), before);
+    assert!(virsh(&uri, &["dominfo", "a"])
+        .ok()
+        .contains("Autostart:      disable"));
+}
+
+#[test]
+fn transient_domain_via_create() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let t = write_xml(d.dir.path(), "t", &tiny_xml("t"));
+    virsh(&uri, &["create", t.to_str().unwrap()]).ok();
+    let info = virsh(&uri, &["dominfo", "t"]);
+    assert!(info.ok().contains("Persistent:     no"), "{}", info.stdout);
+    let err = virsh(&uri, &["autostart", "t"]);
+    assert!(err.fails().contains("transient"), "{}", err.stderr);
+    virsh(&uri, &["destroy", "t"]).ok();
+    // A transient domain is gone once stopped.
+    assert!(virsh(&uri, &["dominfo", "t"])
+        .fails()
+        .contains("Domain not found"));
+}
+
+#[test]
+fn python_lifecycle() {
+    let d = Daemon::start();
+    let xml = guest_xml("py", 192);
+    let script = format!(
+        r#"
+import os, time, libvirt
+c = libvirt.open(os.environ["QEMUD_URI"])
+dom = c.defineXML("""{xml}""")
+assert dom.name() == "py" and dom.ID() == -1
+assert dom.isPersistent() == 1 and dom.isActive() == 0
+assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, 0], dom.state()
+assert [x.name() for x in c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)] == ["py"]
+assert c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE) == []
+dom.create()
+assert dom.isActive() == 1 and dom.ID() > 0
+assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED], dom.state()
+assert c.lookupByID(dom.ID()).UUIDString() == dom.UUIDString()
+assert c.lookupByUUIDString(dom.UUIDString()).name() == "py"
+info = dom.info()
+assert info[0] == libvirt.VIR_DOMAIN_RUNNING and info[1] == 192 * 1024 and info[3] == 1, info
+assert dom.OSType() == "hvm" and dom.maxMemory() == 192 * 1024
+assert dom.vcpusFlags(0) == 1
+assert c.listDomainsID() == [dom.ID()] and c.numOfDomains() == 1
+assert [x.name() for x in c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)] == ["py"]
+dom.suspend()
+assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+assert [x.name() for x in c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED)] == ["py"]
+dom.resume()
+assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+dom.reset(0)
+try:
+    dom.create()
+    raise SystemExit("double start accepted")
+except libvirt.libvirtError as e:
+    assert e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID, e
+dom.destroy()
+assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED], dom.state()
+dom.setAutostart(1)
+assert dom.autostart() == 1
+dom.setAutostart(0)
+dom.undefine()
+try:
+    c.lookupByName("py")
+    raise SystemExit("undefined domain still found")
+except libvirt.libvirtError as e:
+    assert e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN, e
+print("ok")
+"#
+    );
+    let r = python(&d.uri(), &script);
+    assert_eq!(r.ok().trim(), "ok", "{}", r.stderr);
+}
