@@ -7,7 +7,7 @@
 //! reading fills its queue and is disconnected, instead of growing the
 //! daemon's memory or holding up anyone else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +66,8 @@ pub struct Connection {
     next_callback_id: i32,
     subscribed: bool,
     in_flight: usize,
+    /// Calls waiting for a free slot (see `max_client_requests`).
+    waiting: VecDeque<(Header, Bytes)>,
     last_heard: Instant,
     pings_unanswered: u32,
 }
@@ -109,6 +111,7 @@ impl Connection {
                 next_callback_id: 0,
                 subscribed: false,
                 in_flight: 0,
+                waiting: VecDeque::new(),
                 last_heard: Instant::now(),
                 pings_unanswered: 0,
             }
@@ -200,18 +203,33 @@ impl Connection {
         if let Some(result) = self.connection_call(h.procedure, &body, ctx) {
             return self.reply(h, result, ctx);
         }
+        // Like libvirtd's max_client_requests: at most that many calls of
+        // one client run at once; later ones wait their turn in order.
         if self.in_flight >= self.svc.settings.max_client_requests.max(1) {
-            let e = Error::Rpc(format!(
-                "too many outstanding calls ({} allowed per client)",
-                self.svc.settings.max_client_requests
-            ));
-            return self.reply(h, Err(e), ctx);
+            if self.waiting.len() >= self.svc.settings.max_queued_messages {
+                warn!(
+                    conn = self.id,
+                    peer = %self.peer.description,
+                    "client sent too many calls without waiting for replies; disconnecting it"
+                );
+                ctx.stop();
+                return;
+            }
+            self.waiting.push_back((h, body));
+            return;
         }
+        self.run_call(h, body, ctx);
+    }
+
+    fn run_call(&mut self, h: Header, body: Bytes, ctx: &mut Context<Self>) {
         self.in_flight += 1;
         let fut = dispatch::call(self.svc.clone(), h.procedure, body);
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight -= 1;
             act.reply(h, result, ctx);
+            if let Some((next, body)) = act.waiting.pop_front() {
+                act.run_call(next, body, ctx);
+            }
         }));
     }
 

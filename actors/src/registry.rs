@@ -485,7 +485,7 @@ impl Registry {
             return false;
         };
         if e.state == state {
-            e.reason = why;
+            // Same state: keep the reason that brought the domain there.
             return false;
         }
         e.state = state;

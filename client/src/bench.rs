@@ -1,0 +1,359 @@
+//! The load generator: measures any libvirt-compatible daemon by URI.
+//! Every phase is bounded in count; nothing loops forever.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+
+use qemud_protocol::remote::procs;
+
+use crate::client::{Client, ClientError};
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Calls per throughput phase.
+    #[arg(long, default_value_t = 5000)]
+    pub calls: usize,
+    /// Concurrent connections in the multi-connection phase.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Calls in flight on one connection in the pipelined phase.
+    #[arg(long, default_value_t = 32)]
+    pub pipeline: usize,
+    /// Connections opened in the connect phase.
+    #[arg(long, default_value_t = 100)]
+    pub connects: usize,
+    /// Domains defined for the listing phase.
+    #[arg(long, default_value_t = 100)]
+    pub domains: usize,
+    /// Define/start/destroy/undefine cycles with a real (tiny) VM; 0 skips.
+    #[arg(long, default_value_t = 5)]
+    pub lifecycles: usize,
+    /// Event subscribers (one connection each).
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: usize,
+    /// Events generated in the event phase.
+    #[arg(long, default_value_t = 20)]
+    pub events: usize,
+    /// Domain type of the bench domains: kvm or qemu (default: kvm when /dev/kvm is usable).
+    #[arg(long)]
+    pub domain_type: Option<String>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Row {
+    pub phase: String,
+    pub count: usize,
+    pub ops_per_sec: Option<f64>,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+fn row(phase: &str, mut samples: Vec<Duration>, wall: Option<Duration>) -> Row {
+    samples.sort();
+    let pick = |q: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i].as_secs_f64() * 1e6
+    };
+    Row {
+        phase: phase.to_owned(),
+        count: samples.len(),
+        ops_per_sec: wall.map(|w| samples.len() as f64 / w.as_secs_f64().max(1e-9)),
+        p50_us: pick(0.5),
+        p99_us: pick(0.99),
+        max_us: samples.last().map(|d| d.as_secs_f64() * 1e6).unwrap_or(0.0),
+    }
+}
+
+fn domain_xml(name: &str, ty: &str) -> String {
+    format!(
+        "<domain type='{ty}'><name>{name}</name><memory unit='MiB'>32</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <devices><memballoon model='none'/></devices></domain>"
+    )
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<(Duration, T), ClientError> {
+    let t = Instant::now();
+    let v = f.await?;
+    Ok((t.elapsed(), v))
+}
+
+/// Removes leftovers of an interrupted earlier run.
+async fn cleanup(c: &Client, prefix: &str) {
+    if let Ok(doms) = c.list_all_domains(0).await {
+        for d in doms.into_iter().filter(|d| d.name.0.starts_with(prefix)) {
+            let _ = c.destroy(&d).await;
+            let _ = c.undefine(&d).await;
+        }
+    }
+}
+
+pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> {
+    let ty = a.domain_type.clone().unwrap_or_else(|| {
+        let kvm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if kvm { "kvm" } else { "qemu" }.to_owned()
+    });
+    let prefix = format!("qemuctl-bench-{}-", std::process::id());
+    let mut rows = Vec::new();
+
+    // Connect + open.
+    let mut samples = Vec::with_capacity(a.connects);
+    for _ in 0..a.connects {
+        let (d, c) = timed(Client::connect(uri)).await?;
+        samples.push(d);
+        let _ = c.close().await;
+    }
+    rows.push(row("connect+open", samples, None));
+
+    let c = Arc::new(Client::connect(uri).await?);
+    cleanup(&c, "qemuctl-bench-").await;
+
+    // Sequential round trips of a cheap call.
+    let mut samples = Vec::with_capacity(a.calls);
+    let wall = Instant::now();
+    for _ in 0..a.calls {
+        samples.push(
+            timed(c.call_raw(procs::CONNECT_GET_LIB_VERSION, Vec::new()))
+                .await?
+                .0,
+        );
+    }
+    rows.push(row(
+        "get_lib_version sequential",
+        samples,
+        Some(wall.elapsed()),
+    ));
+
+    // Pipelined on one connection.
+    let mut samples = Vec::with_capacity(a.calls);
+    let wall = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < a.calls || !inflight.is_empty() {
+        while sent < a.calls && inflight.len() < a.pipeline.max(1) {
+            let c = c.clone();
+            inflight.push(async move {
+                timed(c.call_raw(procs::CONNECT_GET_LIB_VERSION, Vec::new())).await
+            });
+            sent += 1;
+        }
+        if let Some(r) = inflight.next().await {
+            samples.push(r?.0);
+        }
+    }
+    rows.push(row(
+        &format!("get_lib_version pipelined x{}", a.pipeline),
+        samples,
+        Some(wall.elapsed()),
+    ));
+
+    // Lookup by name of an existing domain.
+    let probe = c
+        .define_xml(&domain_xml(&format!("{prefix}probe"), &ty))
+        .await?;
+    let mut samples = Vec::with_capacity(a.calls);
+    let wall = Instant::now();
+    for _ in 0..a.calls {
+        samples.push(timed(c.lookup_by_name(&probe.name.0)).await?.0);
+    }
+    rows.push(row(
+        "lookup_by_name sequential",
+        samples,
+        Some(wall.elapsed()),
+    ));
+
+    // Many connections at once.
+    let mut clients = Vec::new();
+    for _ in 0..a.connections {
+        clients.push(Arc::new(Client::connect(uri).await?));
+    }
+    let per = (a.calls / a.connections.max(1)).max(1);
+    let wall = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .cloned()
+        .map(|cl| {
+            tokio::spawn(async move {
+                let mut s = Vec::with_capacity(per);
+                for _ in 0..per {
+                    s.push(
+                        timed(cl.call_raw(procs::CONNECT_GET_LIB_VERSION, Vec::new()))
+                            .await?
+                            .0,
+                    );
+                }
+                Ok::<_, ClientError>(s)
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(
+            t.await
+                .map_err(|e| ClientError::Protocol(e.to_string()))??,
+        );
+    }
+    rows.push(row(
+        &format!("get_lib_version {} connections", a.connections),
+        samples,
+        Some(wall.elapsed()),
+    ));
+
+    // Listing many defined domains.
+    let mut defined = Vec::new();
+    for i in 0..a.domains {
+        defined.push(
+            c.define_xml(&domain_xml(&format!("{prefix}list-{i}"), &ty))
+                .await?,
+        );
+    }
+    let mut samples = Vec::new();
+    for _ in 0..100 {
+        let (d, list) = timed(c.list_all_domains(0)).await?;
+        if list.len() < a.domains {
+            return Err(ClientError::Protocol(format!(
+                "listed {} of {} domains",
+                list.len(),
+                a.domains
+            )));
+        }
+        samples.push(d);
+    }
+    rows.push(row(
+        &format!("list_all_domains ({} defined)", a.domains + 1),
+        samples,
+        None,
+    ));
+    for d in &defined {
+        c.undefine(d).await?;
+    }
+
+    // Event delivery: subscribers on their own connections.
+    let mut subs = Vec::new();
+    for _ in 0..a.subscribers {
+        let s = Client::connect(uri).await?;
+        let rx = s.take_events().ok_or(ClientError::Closed)?;
+        s.register_lifecycle(None).await?;
+        subs.push((s, rx));
+    }
+    let mut samples = Vec::new();
+    for i in 0..a.events {
+        let name = format!("{prefix}ev-{i}");
+        let sent = Instant::now();
+        let d = c.define_xml(&domain_xml(&name, &ty)).await?;
+        for (_, rx) in subs.iter_mut() {
+            let deadline = sent + Duration::from_secs(10);
+            loop {
+                let ev = tokio::time::timeout_at(deadline.into(), rx.recv())
+                    .await
+                    .map_err(|_| ClientError::Timeout("event".into()))?
+                    .ok_or(ClientError::Closed)?;
+                if ev.lifecycle().is_some_and(|l| l.domain == name) {
+                    samples.push(ev.received.duration_since(sent));
+                    break;
+                }
+            }
+        }
+        c.undefine(&d).await?;
+    }
+    rows.push(row(
+        &format!("define -> event at {} subscribers", a.subscribers),
+        samples,
+        None,
+    ));
+
+    // Real VM lifecycle (and QMP-driven events).
+    if a.lifecycles > 0 {
+        let (mut def, mut start, mut suspend_ev, mut destroy, mut undef) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for i in 0..a.lifecycles {
+            let name = format!("{prefix}vm-{i}");
+            let (t, d) = timed(c.define_xml(&domain_xml(&name, &ty))).await?;
+            def.push(t);
+            start.push(timed(c.start(&d)).await?.0);
+            // suspend: QMP stop -> STOP event -> subscribers.
+            let sent = Instant::now();
+            c.suspend(&d).await?;
+            for (_, rx) in subs.iter_mut() {
+                let deadline = sent + Duration::from_secs(10);
+                loop {
+                    let ev = tokio::time::timeout_at(deadline.into(), rx.recv())
+                        .await
+                        .map_err(|_| ClientError::Timeout("event".into()))?
+                        .ok_or(ClientError::Closed)?;
+                    if ev
+                        .lifecycle()
+                        .is_some_and(|l| l.domain == name && l.event == 3)
+                    {
+                        suspend_ev.push(ev.received.duration_since(sent));
+                        break;
+                    }
+                }
+            }
+            destroy.push(timed(c.destroy(&d)).await?.0);
+            undef.push(timed(c.undefine(&d)).await?.0);
+        }
+        rows.push(row("define", def, None));
+        rows.push(row("start (tiny VM)", start, None));
+        rows.push(row(
+            &format!("suspend -> event at {} subscribers", a.subscribers),
+            suspend_ev,
+            None,
+        ));
+        rows.push(row("destroy", destroy, None));
+        rows.push(row("undefine", undef, None));
+    }
+    c.undefine(&probe).await?;
+    Ok(rows)
+}
+
+pub fn print_table(rows: &[Row]) {
+    let w = rows
+        .iter()
+        .map(|r| r.phase.len())
+        .max()
+        .unwrap_or(10)
+        .max(5);
+    println!(
+        "{:<w$}  {:>7}  {:>12}  {:>10}  {:>10}  {:>10}",
+        "phase", "count", "ops/s", "p50 us", "p99 us", "max us"
+    );
+    for r in rows {
+        let ops = r
+            .ops_per_sec
+            .map(|o| format!("{o:.0}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<w$}  {:>7}  {:>12}  {:>10.1}  {:>10.1}  {:>10.1}",
+            r.phase, r.count, ops, r.p50_us, r.p99_us, r.max_us
+        );
+    }
+}
+
+pub async fn run(uri: &str, a: &BenchArgs, json: bool) -> Result<(), ClientError> {
+    let rows = measure(uri, a).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"uri": uri, "results": rows}))
+                .unwrap_or_default()
+        );
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}

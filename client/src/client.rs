@@ -1,0 +1,525 @@
+//! The connection: one task owns the stream, sends calls as they come,
+//! matches replies by serial (so any number may be in flight), answers
+//! keepalive pings and hands event messages to whoever listens.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use qemud_protocol::header::{MessageStatus, MessageType};
+use qemud_protocol::remote::procs::*;
+use qemud_protocol::remote::*;
+use qemud_protocol::uri::ConnectUri;
+use qemud_protocol::xdr::{self, Uuid16, XdrString};
+use qemud_protocol::{keepalive, program, Header, Packet, RemoteError, RpcCodec};
+
+use crate::transport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Remote(Box<RemoteError>),
+    #[error("failed to connect: {0}")]
+    Connect(String),
+    #[error("invalid URI: {0}")]
+    Uri(String),
+    #[error("connection closed")]
+    Closed,
+    #[error("no reply to {0} in time")]
+    Timeout(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The libvirt error code, when the server sent one.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ClientError::Remote(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// An event message as received (REMOTE program, MESSAGE type).
+#[derive(Clone, Debug)]
+pub struct EventMessage {
+    pub procedure: i32,
+    pub body: Bytes,
+    /// When the message was read off the socket.
+    pub received: std::time::Instant,
+}
+
+/// A decoded lifecycle event (modern callback form).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifecycleEvent {
+    pub callback_id: i32,
+    pub domain: String,
+    pub event: i32,
+    pub detail: i32,
+}
+
+impl EventMessage {
+    pub fn lifecycle(&self) -> Option<LifecycleEvent> {
+        if self.procedure != DOMAIN_EVENT_CALLBACK_LIFECYCLE {
+            return None;
+        }
+        let m: DomainEventCallbackLifecycleMsg = xdr::from_bytes(&self.body).ok()?;
+        Some(LifecycleEvent {
+            callback_id: m.callback_id,
+            domain: m.msg.dom.name.0,
+            event: m.msg.event,
+            detail: m.msg.detail,
+        })
+    }
+}
+
+struct Outgoing {
+    packet: Packet,
+    reply: Option<oneshot::Sender<Packet>>,
+}
+
+pub struct Client {
+    requests: mpsc::Sender<Outgoing>,
+    serial: AtomicU32,
+    events: Mutex<Option<mpsc::UnboundedReceiver<EventMessage>>>,
+    timeout: Duration,
+    read_only: bool,
+}
+
+/// Seconds a call may take before the client gives up on it.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Client {
+    /// Connects and opens the connection (`virConnectOpen`).
+    pub async fn connect(uri: &str) -> Result<Client> {
+        Self::connect_with(uri, false).await
+    }
+
+    pub async fn connect_read_only(uri: &str) -> Result<Client> {
+        Self::connect_with(uri, true).await
+    }
+
+    pub async fn connect_with(uri: &str, read_only: bool) -> Result<Client> {
+        let parsed = ConnectUri::parse(uri).map_err(|e| ClientError::Uri(e.to_string()))?;
+        let stream = transport::open(&parsed, read_only).await?;
+        let client = Client::over(stream, read_only);
+        let auth: AuthListRet = client.call(AUTH_LIST, &()).await?;
+        if !auth.types.0.contains(&AUTH_NONE) && !auth.types.0.is_empty() {
+            return Err(ClientError::Connect(format!(
+                "server requires an authentication method this client lacks: {:?}",
+                auth.types.0
+            )));
+        }
+        let open = ConnectOpenArgs {
+            name: Some(XdrString(parsed.driver_uri())),
+            flags: if read_only { CONNECT_RO } else { 0 },
+        };
+        client.call_void(CONNECT_OPEN, &open).await?;
+        Ok(client)
+    }
+
+    /// Wraps an already open stream (no handshake).
+    pub fn over(stream: transport::BoxedStream, read_only: bool) -> Client {
+        let (tx, rx) = mpsc::channel(1024);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(Framed::new(stream, RpcCodec::default()), rx, ev_tx));
+        Client {
+            requests: tx,
+            serial: AtomicU32::new(1),
+            events: Mutex::new(Some(ev_rx)),
+            timeout: DEFAULT_TIMEOUT,
+            read_only,
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The event messages of this connection; can be taken once.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<EventMessage>> {
+        self.events.lock().ok()?.take()
+    }
+
+    /// Sends one call with an encoded body and returns the reply body.
+    pub async fn call_raw(&self, procedure: i32, body: Vec<u8>) -> Result<Bytes> {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let header = Header::call(program::REMOTE, program::REMOTE_VERSION, procedure, serial);
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Outgoing {
+                packet: Packet::new(header, body),
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let reply = tokio::time::timeout(self.timeout, rx)
+            .await
+            .map_err(|_| ClientError::Timeout(format!("procedure {procedure}")))?
+            .map_err(|_| ClientError::Closed)?;
+        match reply.header.status {
+            MessageStatus::Ok => Ok(reply.body),
+            MessageStatus::Error => {
+                let e: RemoteError =
+                    xdr::from_bytes(&reply.body).map_err(|e| ClientError::Protocol(e.0))?;
+                Err(ClientError::Remote(Box::new(e)))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply status {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        procedure: i32,
+        args: &A,
+    ) -> Result<R> {
+        let body = xdr::to_bytes(args).map_err(|e| ClientError::Protocol(e.0))?;
+        let reply = self.call_raw(procedure, body).await?;
+        xdr::from_bytes(&reply).map_err(|e| ClientError::Protocol(e.0))
+    }
+
+    pub async fn call_void<A: Serialize>(&self, procedure: i32, args: &A) -> Result<()> {
+        let body = xdr::to_bytes(args).map_err(|e| ClientError::Protocol(e.0))?;
+        self.call_raw(procedure, body).await.map(|_| ())
+    }
+
+    // Host.
+
+    pub async fn lib_version(&self) -> Result<u64> {
+        Ok(self
+            .call::<_, GetLibVersionRet>(CONNECT_GET_LIB_VERSION, &())
+            .await?
+            .lib_ver)
+    }
+
+    pub async fn hv_version(&self) -> Result<u64> {
+        Ok(self
+            .call::<_, GetVersionRet>(CONNECT_GET_VERSION, &())
+            .await?
+            .hv_ver)
+    }
+
+    pub async fn hv_type(&self) -> Result<String> {
+        Ok(self
+            .call::<_, GetTypeRet>(CONNECT_GET_TYPE, &())
+            .await?
+            .type_
+            .0)
+    }
+
+    pub async fn hostname(&self) -> Result<String> {
+        Ok(self
+            .call::<_, GetHostnameRet>(CONNECT_GET_HOSTNAME, &())
+            .await?
+            .hostname
+            .0)
+    }
+
+    pub async fn uri(&self) -> Result<String> {
+        Ok(self.call::<_, GetUriRet>(CONNECT_GET_URI, &()).await?.uri.0)
+    }
+
+    pub async fn node_info(&self) -> Result<NodeGetInfoRet> {
+        self.call(NODE_GET_INFO, &()).await
+    }
+
+    pub async fn capabilities(&self) -> Result<String> {
+        Ok(self
+            .call::<_, GetCapabilitiesRet>(CONNECT_GET_CAPABILITIES, &())
+            .await?
+            .capabilities
+            .0)
+    }
+
+    pub async fn close(&self) -> Result<()> {
+        self.call_void(CONNECT_CLOSE, &()).await
+    }
+
+    // Domains.
+
+    pub async fn list_all_domains(&self, flags: u32) -> Result<Vec<NonnullDomain>> {
+        let r: ConnectListAllDomainsRet = self
+            .call(
+                CONNECT_LIST_ALL_DOMAINS,
+                &ConnectListAllDomainsArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.domains.0)
+    }
+
+    pub async fn lookup_by_name(&self, name: &str) -> Result<NonnullDomain> {
+        let r: DomainRet = self
+            .call(
+                DOMAIN_LOOKUP_BY_NAME,
+                &DomainLookupByNameArgs { name: name.into() },
+            )
+            .await?;
+        Ok(r.dom)
+    }
+
+    pub async fn lookup_by_uuid(&self, uuid: uuid::Uuid) -> Result<NonnullDomain> {
+        let r: DomainRet = self
+            .call(
+                DOMAIN_LOOKUP_BY_UUID,
+                &DomainLookupByUuidArgs {
+                    uuid: Uuid16(*uuid.as_bytes()),
+                },
+            )
+            .await?;
+        Ok(r.dom)
+    }
+
+    pub async fn lookup_by_id(&self, id: i32) -> Result<NonnullDomain> {
+        let r: DomainRet = self
+            .call(DOMAIN_LOOKUP_BY_ID, &DomainLookupByIdArgs { id })
+            .await?;
+        Ok(r.dom)
+    }
+
+    /// Finds a domain by name, UUID or id, like virsh does.
+    pub async fn lookup(&self, what: &str) -> Result<NonnullDomain> {
+        if let Ok(id) = what.parse::<i32>() {
+            if let Ok(d) = self.lookup_by_id(id).await {
+                return Ok(d);
+            }
+        }
+        if let Ok(u) = uuid::Uuid::parse_str(what) {
+            if let Ok(d) = self.lookup_by_uuid(u).await {
+                return Ok(d);
+            }
+        }
+        self.lookup_by_name(what).await
+    }
+
+    pub async fn define_xml(&self, xml: &str) -> Result<NonnullDomain> {
+        let r: DomainRet = self
+            .call(DOMAIN_DEFINE_XML, &DomainDefineXmlArgs { xml: xml.into() })
+            .await?;
+        Ok(r.dom)
+    }
+
+    pub async fn create_xml(&self, xml: &str, flags: u32) -> Result<NonnullDomain> {
+        let r: DomainRet = self
+            .call(
+                DOMAIN_CREATE_XML,
+                &DomainCreateXmlArgs {
+                    xml_desc: xml.into(),
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.dom)
+    }
+
+    async fn dom_call(&self, procedure: i32, dom: &NonnullDomain) -> Result<()> {
+        self.call_void(procedure, &DomainArgs { dom: dom.clone() })
+            .await
+    }
+
+    async fn dom_flags_call(&self, procedure: i32, dom: &NonnullDomain, flags: u32) -> Result<()> {
+        self.call_void(
+            procedure,
+            &DomainFlagsArgs {
+                dom: dom.clone(),
+                flags,
+            },
+        )
+        .await
+    }
+
+    pub async fn undefine(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_flags_call(DOMAIN_UNDEFINE_FLAGS, dom, 0).await
+    }
+
+    pub async fn start(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_call(DOMAIN_CREATE, dom).await
+    }
+
+    pub async fn shutdown(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_call(DOMAIN_SHUTDOWN, dom).await
+    }
+
+    pub async fn reboot(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_flags_call(DOMAIN_REBOOT, dom, 0).await
+    }
+
+    pub async fn reset(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_flags_call(DOMAIN_RESET, dom, 0).await
+    }
+
+    pub async fn destroy(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_call(DOMAIN_DESTROY, dom).await
+    }
+
+    pub async fn suspend(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_call(DOMAIN_SUSPEND, dom).await
+    }
+
+    pub async fn resume(&self, dom: &NonnullDomain) -> Result<()> {
+        self.dom_call(DOMAIN_RESUME, dom).await
+    }
+
+    pub async fn info(&self, dom: &NonnullDomain) -> Result<DomainGetInfoRet> {
+        self.call(DOMAIN_GET_INFO, &DomainArgs { dom: dom.clone() })
+            .await
+    }
+
+    pub async fn state(&self, dom: &NonnullDomain) -> Result<(i32, i32)> {
+        let r: DomainGetStateRet = self
+            .call(
+                DOMAIN_GET_STATE,
+                &DomainFlagsArgs {
+                    dom: dom.clone(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok((r.state, r.reason))
+    }
+
+    pub async fn xml_desc(&self, dom: &NonnullDomain, flags: u32) -> Result<String> {
+        let r: DomainGetXmlDescRet = self
+            .call(
+                DOMAIN_GET_XML_DESC,
+                &DomainFlagsArgs {
+                    dom: dom.clone(),
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn autostart(&self, dom: &NonnullDomain) -> Result<bool> {
+        let r: DomainGetAutostartRet = self
+            .call(DOMAIN_GET_AUTOSTART, &DomainArgs { dom: dom.clone() })
+            .await?;
+        Ok(r.autostart != 0)
+    }
+
+    pub async fn set_autostart(&self, dom: &NonnullDomain, on: bool) -> Result<()> {
+        self.call_void(
+            DOMAIN_SET_AUTOSTART,
+            &DomainSetAutostartArgs {
+                dom: dom.clone(),
+                autostart: on as i32,
+            },
+        )
+        .await
+    }
+
+    pub async fn is_persistent(&self, dom: &NonnullDomain) -> Result<bool> {
+        let r: DomainIsPersistentRet = self
+            .call(DOMAIN_IS_PERSISTENT, &DomainArgs { dom: dom.clone() })
+            .await?;
+        Ok(r.persistent != 0)
+    }
+
+    pub async fn os_type(&self, dom: &NonnullDomain) -> Result<String> {
+        let r: DomainGetOsTypeRet = self
+            .call(DOMAIN_GET_OS_TYPE, &DomainArgs { dom: dom.clone() })
+            .await?;
+        Ok(r.type_.0)
+    }
+
+    /// Registers for lifecycle events (of one domain, or all); returns the
+    /// callback id that event messages carry.
+    pub async fn register_lifecycle(&self, dom: Option<NonnullDomain>) -> Result<i32> {
+        let r: ConnectDomainEventCallbackRegisterAnyRet = self
+            .call(
+                CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY,
+                &ConnectDomainEventCallbackRegisterAnyArgs {
+                    event_id: event_id::LIFECYCLE,
+                    dom,
+                },
+            )
+            .await?;
+        Ok(r.callback_id)
+    }
+
+    pub async fn deregister(&self, callback_id: i32) -> Result<()> {
+        self.call_void(
+            CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY,
+            &ConnectDomainEventCallbackDeregisterAnyArgs { callback_id },
+        )
+        .await
+    }
+}
+
+/// The task that owns the stream.
+async fn run(
+    mut framed: Framed<transport::BoxedStream, RpcCodec>,
+    mut requests: mpsc::Receiver<Outgoing>,
+    events: mpsc::UnboundedSender<EventMessage>,
+) {
+    let mut pending: HashMap<u32, oneshot::Sender<Packet>> = HashMap::new();
+    loop {
+        tokio::select! {
+            req = requests.recv() => {
+                let Some(req) = req else { break };
+                if let Some(reply) = req.reply {
+                    pending.insert(req.packet.header.serial, reply);
+                }
+                // Batch whatever else is already queued into one flush.
+                if framed.feed(req.packet).await.is_err() {
+                    break;
+                }
+                let mut failed = false;
+                while let Ok(more) = requests.try_recv() {
+                    if let Some(reply) = more.reply {
+                        pending.insert(more.packet.header.serial, reply);
+                    }
+                    if framed.feed(more.packet).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed || framed.flush().await.is_err() {
+                    break;
+                }
+            }
+            packet = framed.next() => {
+                let Some(Ok(packet)) = packet else { break };
+                let h = packet.header;
+                match (h.program, h.kind) {
+                    (program::KEEPALIVE, MessageType::Message)
+                        if h.procedure == keepalive::PROC_PING
+                            && framed.send(keepalive::pong()).await.is_err() =>
+                    {
+                        break;
+                    }
+                    (program::REMOTE, MessageType::Reply) => {
+                        if let Some(tx) = pending.remove(&h.serial) {
+                            let _ = tx.send(packet);
+                        }
+                    }
+                    (program::REMOTE, MessageType::Message) => {
+                        let _ = events.send(EventMessage {
+                            procedure: h.procedure,
+                            body: packet.body,
+                            received: std::time::Instant::now(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Dropping `pending` wakes every waiting caller with Closed.
+}

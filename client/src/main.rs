@@ -1,0 +1,560 @@
+//! qemuctl: a virsh-like command line for qemud (and any libvirt daemon).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use qemud_client::bench::{self, BenchArgs};
+use qemud_client::{Client, ClientError};
+use qemud_protocol::remote::NonnullDomain;
+use qemud_protocol::ErrorCode;
+
+#[derive(Parser)]
+#[command(
+    name = "qemuctl",
+    version,
+    about = "Manage QEMU domains over libvirt's remote protocol"
+)]
+struct Cli {
+    /// Connection URI (qemu:///system, qemu+unix:///system?socket=..., qemu+tls://host/system, qemu+ssh://host/system).
+    #[arg(
+        short = 'c',
+        long = "connect",
+        env = "LIBVIRT_DEFAULT_URI",
+        default_value = "qemu:///system",
+        global = true
+    )]
+    uri: String,
+    /// Open a read-only connection.
+    #[arg(short = 'r', long, global = true)]
+    readonly: bool,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Library and hypervisor versions.
+    Version,
+    /// The host's name.
+    Hostname,
+    /// The URI the daemon reports.
+    Uri,
+    /// Host CPU and memory.
+    Nodeinfo,
+    /// List domains.
+    List {
+        /// Include inactive domains.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Define a domain from an XML file.
+    Define { file: String },
+    /// Remove a domain's definition.
+    Undefine { domain: String },
+    /// Start a defined domain.
+    Start { domain: String },
+    /// Ask the guest to shut down (ACPI power button).
+    Shutdown { domain: String },
+    /// Stop a domain immediately.
+    Destroy { domain: String },
+    /// Pause a domain's CPUs.
+    Suspend { domain: String },
+    /// Resume a paused domain.
+    Resume { domain: String },
+    /// Ask the guest to reboot.
+    Reboot { domain: String },
+    /// Reset the domain, like the reset button.
+    Reset { domain: String },
+    /// Information about a domain.
+    Dominfo { domain: String },
+    /// The state of a domain.
+    Domstate {
+        domain: String,
+        /// Show the reason too.
+        #[arg(long)]
+        reason: bool,
+    },
+    /// A domain's XML.
+    Dumpxml {
+        domain: String,
+        /// The persistent definition rather than the live one.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Enable or disable starting a domain with the daemon.
+    Autostart {
+        domain: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Print domain lifecycle events.
+    Event {
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Keep printing until interrupted (otherwise stop after one event).
+        #[arg(long = "loop")]
+        looping: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Measure a daemon's latency and throughput.
+    Bench(BenchArgs),
+}
+
+fn state_name(state: i32) -> &'static str {
+    match state {
+        1 => "running",
+        2 => "idle",
+        3 => "paused",
+        4 => "in shutdown",
+        5 => "shut off",
+        6 => "crashed",
+        7 => "pmsuspended",
+        _ => "no state",
+    }
+}
+
+fn reason_name(state: i32, reason: i32) -> &'static str {
+    let table: &[&str] = match state {
+        1 => &[
+            "unknown",
+            "booted",
+            "migrated",
+            "restored",
+            "from snapshot",
+            "unpaused",
+            "migration canceled",
+            "save canceled",
+            "event wakeup",
+            "crashed",
+            "post-copy",
+        ],
+        3 => &[
+            "unknown",
+            "user",
+            "migrating",
+            "saving",
+            "dumping",
+            "I/O error",
+            "watchdog",
+            "from snapshot",
+            "shutting down",
+            "creating snapshot",
+            "crashed",
+            "starting up",
+            "post-copy",
+            "post-copy failed",
+        ],
+        4 => &["unknown", "user"],
+        5 => &[
+            "unknown",
+            "shutdown",
+            "destroyed",
+            "crashed",
+            "migrated",
+            "saved",
+            "failed",
+            "from snapshot",
+            "daemon",
+        ],
+        6 => &["unknown", "panicked"],
+        _ => &["unknown"],
+    };
+    table.get(reason as usize).copied().unwrap_or("unknown")
+}
+
+/// virsh's wording of lifecycle events.
+pub fn event_name(event: i32, detail: i32) -> (String, String) {
+    let (name, details): (&str, &[&str]) = match event {
+        0 => ("Defined", &["Added", "Updated", "Renamed", "Snapshot"]),
+        1 => ("Undefined", &["Removed", "Renamed"]),
+        2 => (
+            "Started",
+            &["Booted", "Migrated", "Restored", "Snapshot", "Event wakeup"],
+        ),
+        3 => (
+            "Suspended",
+            &[
+                "Paused",
+                "Migrated",
+                "I/O Error",
+                "Watchdog",
+                "Restored",
+                "Snapshot",
+                "API error",
+                "Post-copy",
+                "Post-copy Error",
+            ],
+        ),
+        4 => (
+            "Resumed",
+            &["Unpaused", "Migrated", "Snapshot", "Post-copy"],
+        ),
+        5 => (
+            "Stopped",
+            &[
+                "Shutdown",
+                "Destroyed",
+                "Crashed",
+                "Migrated",
+                "Saved",
+                "Failed",
+                "Snapshot",
+            ],
+        ),
+        6 => (
+            "Shutdown",
+            &[
+                "Finished",
+                "Finished after guest request",
+                "Finished after host request",
+            ],
+        ),
+        7 => ("PMSuspended", &["Memory", "Disk"]),
+        8 => ("Crashed", &["Panicked"]),
+        _ => ("Unknown", &[]),
+    };
+    (
+        name.to_owned(),
+        details
+            .get(detail as usize)
+            .copied()
+            .unwrap_or("Unknown")
+            .to_owned(),
+    )
+}
+
+fn version_string(v: u64) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+fn uuid_of(d: &NonnullDomain) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(d.uuid.0)
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    if let Cmd::Bench(args) = &cli.command {
+        return bench::run(&cli.uri, args, cli.json).await;
+    }
+    let client = Client::connect_with(&cli.uri, cli.readonly).await?;
+    let c = &client;
+    let json = cli.json;
+    match cli.command {
+        Cmd::Version => {
+            let lib = c.lib_version().await?;
+            let ty = c.hv_type().await?;
+            let hv = c.hv_version().await?;
+            if json {
+                print_json(
+                    json!({"library": version_string(lib), "hypervisor_type": ty, "hypervisor": version_string(hv)}),
+                );
+            } else {
+                println!("Using API: {ty} {}", version_string(lib));
+                println!("Running hypervisor: {ty} {}", version_string(hv));
+            }
+        }
+        Cmd::Hostname => {
+            let h = c.hostname().await?;
+            if json {
+                print_json(json!({ "hostname": h }));
+            } else {
+                println!("{h}");
+            }
+        }
+        Cmd::Uri => {
+            let u = c.uri().await?;
+            if json {
+                print_json(json!({ "uri": u }));
+            } else {
+                println!("{u}");
+            }
+        }
+        Cmd::Nodeinfo => {
+            let n = c.node_info().await?;
+            let model: String = n
+                .model
+                .iter()
+                .take_while(|b| **b != 0)
+                .map(|b| *b as u8 as char)
+                .collect();
+            if json {
+                print_json(
+                    json!({"cpu_model": model, "cpus": n.cpus, "mhz": n.mhz, "sockets": n.sockets,
+                    "cores": n.cores, "threads": n.threads, "numa_cells": n.nodes, "memory_kib": n.memory}),
+                );
+            } else {
+                println!("{:<21}{model}", "CPU model:");
+                println!("{:<21}{}", "CPU(s):", n.cpus);
+                println!("{:<21}{} MHz", "CPU frequency:", n.mhz);
+                println!("{:<21}{}", "CPU socket(s):", n.sockets);
+                println!("{:<21}{}", "Core(s) per socket:", n.cores);
+                println!("{:<21}{}", "Thread(s) per core:", n.threads);
+                println!("{:<21}{}", "NUMA cell(s):", n.nodes);
+                println!("{:<21}{} KiB", "Memory size:", n.memory);
+            }
+        }
+        Cmd::List { all } => {
+            // ACTIVE only, unless --all.
+            let flags = if all { 0 } else { 1 };
+            let mut doms = c.list_all_domains(flags).await?;
+            doms.sort_by_key(|d| (d.id < 0, d.id, d.name.0.clone()));
+            let mut rows = Vec::new();
+            for d in &doms {
+                let (state, _) = c.state(d).await?;
+                rows.push((d.id, d.name.0.clone(), state_name(state)));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(id, name, state)| json!({"id": if *id >= 0 { json!(id) } else { json!(null) }, "name": name, "state": state}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let w = rows.iter().map(|r| r.1.len()).max().unwrap_or(4).max(4);
+                println!(" {:<4} {:<w$}   State", "Id", "Name");
+                println!("{}", "-".repeat(w + 16));
+                for (id, name, state) in rows {
+                    let id = if id >= 0 { id.to_string() } else { "-".into() };
+                    println!(" {id:<4} {name:<w$}   {state}");
+                }
+            }
+        }
+        Cmd::Define { file } => {
+            let xml = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Connect(format!("cannot read {file}: {e}")))?;
+            let d = c.define_xml(&xml).await?;
+            if json {
+                print_json(json!({"name": d.name.0, "uuid": uuid_of(&d).to_string()}));
+            } else {
+                println!("Domain '{}' defined from {file}", d.name);
+            }
+        }
+        Cmd::Undefine { domain } => {
+            simple(c, &domain, json, "has been undefined", |d| async move {
+                c.undefine(&d).await
+            })
+            .await?
+        }
+        Cmd::Start { domain } => {
+            simple(
+                c,
+                &domain,
+                json,
+                "started",
+                |d| async move { c.start(&d).await },
+            )
+            .await?
+        }
+        Cmd::Shutdown { domain } => {
+            simple(c, &domain, json, "is being shutdown", |d| async move {
+                c.shutdown(&d).await
+            })
+            .await?
+        }
+        Cmd::Destroy { domain } => {
+            simple(c, &domain, json, "destroyed", |d| async move {
+                c.destroy(&d).await
+            })
+            .await?
+        }
+        Cmd::Suspend { domain } => {
+            simple(c, &domain, json, "suspended", |d| async move {
+                c.suspend(&d).await
+            })
+            .await?
+        }
+        Cmd::Resume { domain } => {
+            simple(c, &domain, json, "resumed", |d| async move {
+                c.resume(&d).await
+            })
+            .await?
+        }
+        Cmd::Reboot { domain } => {
+            simple(c, &domain, json, "is being rebooted", |d| async move {
+                c.reboot(&d).await
+            })
+            .await?
+        }
+        Cmd::Reset { domain } => {
+            simple(c, &domain, json, "was reset", |d| async move {
+                c.reset(&d).await
+            })
+            .await?
+        }
+        Cmd::Dominfo { domain } => {
+            let d = c.lookup(&domain).await?;
+            let info = c.info(&d).await?;
+            let os = c.os_type(&d).await?;
+            let persistent = c.is_persistent(&d).await?;
+            let autostart = c.autostart(&d).await?;
+            if json {
+                print_json(
+                    json!({"id": if d.id >= 0 { json!(d.id) } else { json!(null) }, "name": d.name.0,
+                    "uuid": uuid_of(&d).to_string(), "os_type": os, "state": state_name(info.state as i32),
+                    "cpus": info.nr_virt_cpu, "cpu_time_ns": info.cpu_time, "max_memory_kib": info.max_mem,
+                    "used_memory_kib": info.memory, "persistent": persistent, "autostart": autostart}),
+                );
+            } else {
+                let id = if d.id >= 0 {
+                    d.id.to_string()
+                } else {
+                    "-".into()
+                };
+                println!("{:<16}{id}", "Id:");
+                println!("{:<16}{}", "Name:", d.name);
+                println!("{:<16}{}", "UUID:", uuid_of(&d));
+                println!("{:<16}{os}", "OS Type:");
+                println!("{:<16}{}", "State:", state_name(info.state as i32));
+                println!("{:<16}{}", "CPU(s):", info.nr_virt_cpu);
+                if info.cpu_time > 0 {
+                    println!("{:<16}{:.1}s", "CPU time:", info.cpu_time as f64 / 1e9);
+                }
+                println!("{:<16}{} KiB", "Max memory:", info.max_mem);
+                println!("{:<16}{} KiB", "Used memory:", info.memory);
+                println!(
+                    "{:<16}{}",
+                    "Persistent:",
+                    if persistent { "yes" } else { "no" }
+                );
+                println!(
+                    "{:<16}{}",
+                    "Autostart:",
+                    if autostart { "enable" } else { "disable" }
+                );
+            }
+        }
+        Cmd::Domstate { domain, reason } => {
+            let d = c.lookup(&domain).await?;
+            let (s, r) = c.state(&d).await?;
+            if json {
+                print_json(json!({"state": state_name(s), "reason": reason_name(s, r)}));
+            } else if reason {
+                println!("{} ({})", state_name(s), reason_name(s, r));
+            } else {
+                println!("{}", state_name(s));
+            }
+        }
+        Cmd::Dumpxml { domain, inactive } => {
+            let d = c.lookup(&domain).await?;
+            print!("{}", c.xml_desc(&d, if inactive { 2 } else { 0 }).await?);
+        }
+        Cmd::Autostart { domain, disable } => {
+            let d = c.lookup(&domain).await?;
+            c.set_autostart(&d, !disable).await?;
+            if json {
+                print_json(json!({"name": d.name.0, "autostart": !disable}));
+            } else if disable {
+                println!("Domain '{}' unmarked as autostarted", d.name);
+            } else {
+                println!("Domain '{}' marked as autostarted", d.name);
+            }
+        }
+        Cmd::Event {
+            domain,
+            looping,
+            timeout,
+        } => {
+            let mut events = c.take_events().ok_or(ClientError::Closed)?;
+            let dom = match domain {
+                Some(n) => Some(c.lookup(&n).await?),
+                None => None,
+            };
+            c.register_lifecycle(dom).await?;
+            let deadline =
+                timeout.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
+            loop {
+                let next = async { events.recv().await };
+                let ev = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, next).await {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    },
+                    None => next.await,
+                };
+                let Some(ev) = ev else {
+                    return Err(ClientError::Closed);
+                };
+                let Some(l) = ev.lifecycle() else { continue };
+                let (name, detail) = event_name(l.event, l.detail);
+                if json {
+                    println!(
+                        "{}",
+                        json!({"event": "lifecycle", "domain": l.domain, "type": name, "detail": detail})
+                    );
+                } else {
+                    println!(
+                        "event 'lifecycle' for domain '{}': {name} {detail}",
+                        l.domain
+                    );
+                }
+                if !looping {
+                    break;
+                }
+            }
+        }
+        Cmd::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// Looks a domain up, runs one operation on it and reports like virsh.
+async fn simple<F, Fut>(
+    c: &Client,
+    domain: &str,
+    json: bool,
+    done: &str,
+    op: F,
+) -> Result<(), ClientError>
+where
+    F: FnOnce(NonnullDomain) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let d = c.lookup(domain).await?;
+    let name = d.name.0.clone();
+    op(d).await?;
+    if json {
+        print_json(json!({"name": name, "result": done}));
+    } else {
+        println!("Domain '{name}' {done}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                ClientError::Remote(r) => {
+                    let code = ErrorCode::from_i32(r.code)
+                        .map(|c| c.name().to_owned())
+                        .unwrap_or_else(|| format!("code {}", r.code));
+                    eprintln!("error: {} [{code}]", r.message());
+                }
+                other => eprintln!("error: {other}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
