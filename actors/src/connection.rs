@@ -35,6 +35,41 @@ use crate::Services;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// One of the daemon's `max_clients` places, held by a connection for its
+/// whole life and given back when the connection actor is dropped.
+#[derive(Debug)]
+pub struct ClientSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ClientSlot {
+    /// Takes a place if fewer than `max` are taken.
+    pub fn try_take(
+        counter: &Arc<std::sync::atomic::AtomicUsize>,
+        max: usize,
+    ) -> Option<ClientSlot> {
+        let mut current = counter.load(Ordering::Relaxed);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match counter.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(ClientSlot(counter.clone())),
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Who is on the other end, as the listener found out.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -44,6 +79,8 @@ pub struct PeerInfo {
     pub read_only_socket: bool,
     /// The transport is encrypted or local (`virConnectIsSecure`).
     pub secure: bool,
+    /// The `max_clients` place this connection holds.
+    pub slot: Option<Arc<ClientSlot>>,
 }
 
 /// One registered event callback.

@@ -1,15 +1,24 @@
 //! The sockets clients connect to. Each accepted stream gets a
-//! `Connection` actor; the listener only learns who the peer is.
+//! `Connection` actor; the listener only establishes who the peer is and
+//! whether there is room for it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
-use qemud_actors::connection::{Connection, PeerInfo};
+use qemud_actors::connection::{ClientSlot, Connection, PeerInfo};
 use qemud_actors::Services;
+
+use crate::tls;
+
+/// How long a TLS client may take over its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The open listeners; closing removes the socket files.
 pub struct Listeners {
@@ -56,9 +65,33 @@ async fn bind_unix(path: &Path, mode: &str) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// Counts connections against `max_clients`.
+#[derive(Clone)]
+struct Admission {
+    active: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Admission {
+    /// A place for a new client, or a log line and `None` when full.
+    fn admit(&self, who: &str) -> Option<Arc<ClientSlot>> {
+        match ClientSlot::try_take(&self.active, self.max) {
+            Some(slot) => Some(Arc::new(slot)),
+            None => {
+                warn!(
+                    peer = who,
+                    "too many active clients ({}), dropping connection", self.max
+                );
+                None
+            }
+        }
+    }
+}
+
 fn serve_unix(
     listener: UnixListener,
     svc: Arc<Services>,
+    admission: Admission,
     read_only: bool,
 ) -> tokio::task::JoinHandle<()> {
     actix_rt::spawn(async move {
@@ -74,6 +107,9 @@ fn serve_unix(
                         ),
                         Err(_) => "unix (unknown peer)".into(),
                     };
+                    let Some(slot) = admission.admit(&who) else {
+                        continue;
+                    };
                     Connection::start(
                         stream,
                         svc.clone(),
@@ -81,45 +117,136 @@ fn serve_unix(
                             description: who,
                             read_only_socket: read_only,
                             secure: true,
+                            slot: Some(slot),
                         },
                     );
                 }
                 Err(e) => {
                     warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     })
 }
 
-fn serve_tcp(listener: TcpListener, svc: Arc<Services>) -> tokio::task::JoinHandle<()> {
+fn serve_tcp(
+    listener: TcpListener,
+    svc: Arc<Services>,
+    admission: Admission,
+) -> tokio::task::JoinHandle<()> {
     actix_rt::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let who = format!("tcp {addr}");
+                    let Some(slot) = admission.admit(&who) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     Connection::start(
                         stream,
                         svc.clone(),
                         PeerInfo {
-                            description: format!("tcp {addr}"),
+                            description: who,
                             read_only_socket: false,
                             secure: false,
+                            slot: Some(slot),
                         },
                     );
                 }
                 Err(e) => {
                     warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+    })
+}
+
+fn serve_tls(
+    listener: TcpListener,
+    svc: Arc<Services>,
+    admission: Admission,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = admission.admit(&format!("tls {addr}")) else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let svc = svc.clone();
+            // Handshakes run on their own so a slow client holds up no one.
+            actix_rt::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                let mut tls = match handshake {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        warn!(peer = %addr, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(peer = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let dn = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| tls::subject_dn(c.as_ref()));
+                let dn = match dn {
+                    Some(Ok(dn)) => dn,
+                    Some(Err(e)) => {
+                        warn!(peer = %addr, "{e}");
+                        return;
+                    }
+                    None => {
+                        warn!(peer = %addr, "client sent no certificate");
+                        return;
+                    }
+                };
+                if !tls::dn_allowed(&svc.settings.tls_allowed_dn_list, &dn) {
+                    warn!(peer = %addr, dn = %dn, "client certificate DN is not in tls_allowed_dn_list; refusing");
+                    return;
+                }
+                // libvirt clients wait for this byte before any RPC.
+                if tls.write_all(&[1]).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+                Connection::start(
+                    tls,
+                    svc,
+                    PeerInfo {
+                        description: format!("tls {addr} DN={dn}"),
+                        read_only_socket: false,
+                        secure: true,
+                        slot: Some(slot),
+                    },
+                );
+            });
         }
     })
 }
 
 pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
     let s = &svc.settings;
+    let admission = Admission {
+        active: Arc::new(AtomicUsize::new(0)),
+        max: s.max_clients,
+    };
     let mut listeners = Listeners {
         unix_paths: Vec::new(),
         tasks: Vec::new(),
@@ -127,17 +254,21 @@ pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
     let rw = bind_unix(&s.unix_sock_path, &s.unix_sock_rw_perms).await?;
     listeners.unix_paths.push(s.unix_sock_path.clone());
     info!(path = %s.unix_sock_path.display(), "listening (read-write)");
-    listeners.tasks.push(serve_unix(rw, svc.clone(), false));
+    listeners
+        .tasks
+        .push(serve_unix(rw, svc.clone(), admission.clone(), false));
 
     let ro = bind_unix(&s.unix_sock_ro_path, &s.unix_sock_ro_perms).await?;
     listeners.unix_paths.push(s.unix_sock_ro_path.clone());
     info!(path = %s.unix_sock_ro_path.display(), "listening (read-only)");
-    listeners.tasks.push(serve_unix(ro, svc.clone(), true));
+    listeners
+        .tasks
+        .push(serve_unix(ro, svc.clone(), admission.clone(), true));
 
     if s.listen_tcp {
         if s.auth_tcp != "none" {
             return Err(format!(
-                "listen_tcp is enabled but auth_tcp is '{}'; only auth_tcp = \"none\" is supported, so set it explicitly to accept unauthenticated TCP clients",
+                "listen_tcp is enabled but auth_tcp is '{}'; qemud only serves unauthenticated TCP, so set auth_tcp = \"none\" to accept that",
                 s.auth_tcp
             ));
         }
@@ -145,7 +276,22 @@ pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", s.tcp_addr))?;
         info!(addr = %s.tcp_addr, "listening (tcp, no authentication)");
-        listeners.tasks.push(serve_tcp(tcp, svc.clone()));
+        listeners
+            .tasks
+            .push(serve_tcp(tcp, svc.clone(), admission.clone()));
+    }
+    if s.listen_tls {
+        let config = tls::server_config(&s.ca_file, &s.cert_file, &s.key_file)?;
+        let listener = TcpListener::bind(&s.tls_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", s.tls_addr))?;
+        info!(addr = %s.tls_addr, "listening (tls, x509 client certificates required)");
+        listeners.tasks.push(serve_tls(
+            listener,
+            svc.clone(),
+            admission,
+            tokio_rustls::TlsAcceptor::from(config),
+        ));
     }
     Ok(listeners)
 }

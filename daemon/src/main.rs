@@ -4,6 +4,7 @@
 //! re-attached by the next start).
 
 mod listeners;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ struct Args {
     /// Listen for plain TCP on this address (needs auth_tcp = "none").
     #[arg(long)]
     listen_tcp: Option<String>,
+    /// Listen for TLS on this address (x509 client certificates required).
+    #[arg(long)]
+    listen_tls: Option<String>,
     /// Write the daemon's pid here.
     #[arg(long)]
     pid_file: Option<PathBuf>,
@@ -70,6 +74,10 @@ fn apply(args: &Args, s: &mut Settings) {
     if let Some(a) = &args.listen_tcp {
         s.listen_tcp = true;
         s.tcp_addr = a.clone();
+    }
+    if let Some(a) = &args.listen_tls {
+        s.listen_tls = true;
+        s.tls_addr = a.clone();
     }
     if let Some(q) = &args.qemu {
         s.qemu_binary = Some(q.clone());

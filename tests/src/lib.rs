@@ -479,3 +479,175 @@ pub fn squash(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A throwaway PKI made with the openssl command: a CA, a server
+/// certificate for localhost, a client certificate, and a client signed by
+/// a second, untrusted CA. Laid out the way libvirt clients expect
+/// (`?pkipath=DIR` holds cacert.pem, clientcert.pem, clientkey.pem).
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    pub fn generate(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ext = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        ext("ca.ext", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n");
+        ext(
+            "server.ext",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        );
+        ext(
+            "client.ext",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        );
+        for ca in ["ca", "otherca"] {
+            openssl(dir, &["genrsa", "-out", &format!("{ca}key.pem"), "2048"]);
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    &format!("{ca}key.pem"),
+                    "-subj",
+                    &format!("/O=qemud-test/CN={ca}"),
+                    "-days",
+                    "2",
+                    "-out",
+                    &format!("{ca}cert.pem"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            );
+        }
+        let sign = |name: &str, subj: &str, ca: &str, extfile: &str| {
+            openssl(dir, &["genrsa", "-out", &format!("{name}key.pem"), "2048"]);
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    &format!("{name}key.pem"),
+                    "-subj",
+                    subj,
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    &format!("{ca}cert.pem"),
+                    "-CAkey",
+                    &format!("{ca}key.pem"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    extfile,
+                    "-out",
+                    &format!("{name}cert.pem"),
+                ],
+            );
+        };
+        sign(
+            "server",
+            "/C=GB/O=qemud-test/CN=localhost",
+            "ca",
+            "server.ext",
+        );
+        sign(
+            "client",
+            "/C=GB/O=qemud-test/CN=client1",
+            "ca",
+            "client.ext",
+        );
+        sign(
+            "stranger",
+            "/C=GB/O=qemud-test/CN=stranger",
+            "otherca",
+            "client.ext",
+        );
+        sign(
+            "outsider",
+            "/C=US/O=elsewhere/CN=outsider",
+            "ca",
+            "client.ext",
+        );
+        Pki {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A client pkipath directory holding `who`'s certificate and the CA.
+    pub fn client_dir(&self, who: &str) -> PathBuf {
+        let d = self.dir.join(format!("pki-{who}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(self.dir.join("cacert.pem"), d.join("cacert.pem")).unwrap();
+        std::fs::copy(
+            self.dir.join(format!("{who}cert.pem")),
+            d.join("clientcert.pem"),
+        )
+        .unwrap();
+        std::fs::copy(
+            self.dir.join(format!("{who}key.pem")),
+            d.join("clientkey.pem"),
+        )
+        .unwrap();
+        d
+    }
+
+    /// Settings lines enabling TLS on `addr` with this PKI.
+    pub fn settings(&self, addr: &str) -> String {
+        format!(
+            "listen_tls = true\ntls_addr = \"{addr}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.dir.join("cacert.pem").display(),
+            self.dir.join("servercert.pem").display(),
+            self.dir.join("serverkey.pem").display(),
+        )
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a daemon with a settings file holding `toml`.
+pub fn daemon_with_settings(toml: &str) -> Daemon {
+    let cfg = tempfile::Builder::new()
+        .prefix("qdcfg")
+        .suffix(".toml")
+        .tempfile_in("/tmp")
+        .unwrap();
+    std::fs::write(cfg.path(), toml).unwrap();
+    let (_, path) = cfg.keep().unwrap();
+    Daemon::start_with(&["--config", path.to_str().unwrap()])
+}

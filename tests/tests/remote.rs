@@ -1,0 +1,289 @@
+//! Issue 5: TCP and TLS listeners, client certificate checks, read-only
+//! clients, client limits and keepalive.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qemud_tests::*;
+
+fn tls_uri(port: u16, pki: &std::path::Path) -> String {
+    format!(
+        "qemu+tls://localhost:{port}/system?pkipath={}",
+        pki.display()
+    )
+}
+
+#[test]
+fn virsh_over_tls_with_client_certificates() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(work.path());
+    let port = free_port();
+    let d = daemon_with_settings(&format!(
+        "{}tls_allowed_dn_list = [\"C=GB,O=qemud-test,CN=*\"]\n",
+        pki.settings(&format!("127.0.0.1:{port}"))
+    ));
+    let uri = tls_uri(port, &pki.client_dir("client"));
+
+    virsh(&uri, &["list", "--all"]).ok();
+    let x = write_xml(d.dir.path(), "tlsvm", &tiny_xml("tlsvm"));
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    virsh(&uri, &["start", "tlsvm"]).ok();
+    assert!(squash(virsh(&uri, &["list"]).ok()).contains("tlsvm running"));
+    virsh(&uri, &["destroy", "tlsvm"]).ok();
+    assert!(
+        d.log().contains("DN=C=GB,O=qemud-test,CN=client1"),
+        "peer DN not logged"
+    );
+
+    // A certificate from another CA is refused.
+    let stranger = tls_uri(port, &pki.client_dir("stranger"));
+    virsh(&stranger, &["list"]).fails();
+    // A DN outside the allow-list is refused.
+    let outsider = tls_uri(port, &pki.client_dir("outsider"));
+    virsh(&outsider, &["list"]).fails();
+    assert!(
+        d.log().contains("not in tls_allowed_dn_list"),
+        "{}",
+        d.log()
+    );
+    // No client certificate at all: the handshake never yields the go-ahead byte.
+    let r = python(
+        &uri,
+        &format!(
+            r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile="{ca}")
+s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+try:
+    t = ctx.wrap_socket(s, server_hostname="localhost")
+    b = t.recv(1)
+    print("refused" if b != b"\x01" else "accepted")
+except (ssl.SSLError, ConnectionError, OSError):
+    print("refused")
+"#,
+            ca = pki.dir.join("cacert.pem").display()
+        ),
+    );
+    assert_eq!(r.ok().trim(), "refused");
+    // The legitimate client still works.
+    virsh(&uri, &["undefine", "tlsvm"]).ok();
+}
+
+#[test]
+fn qemuctl_lifecycle_over_tls() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(work.path());
+    let port = free_port();
+    let d = daemon_with_settings(&pki.settings(&format!("127.0.0.1:{port}")));
+    let uri = tls_uri(port, &pki.client_dir("client"));
+    let run = |args: &[&str]| {
+        let out = Command::new(binary("qemuctl"))
+            .arg("-c")
+            .arg(&uri)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let x = write_xml(d.dir.path(), "t", &tiny_xml("t"));
+    run(&["define", x.to_str().unwrap()]);
+    run(&["start", "t"]);
+    assert_eq!(run(&["domstate", "t"]).trim(), "running");
+    run(&["destroy", "t"]);
+    run(&["undefine", "t"]);
+    let stranger = tls_uri(port, &pki.client_dir("stranger"));
+    let out = Command::new(binary("qemuctl"))
+        .arg("-c")
+        .arg(&stranger)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn tcp_only_when_enabled() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
+    {
+        // Not enabled: nothing listens.
+        let _d = Daemon::start();
+        let err = virsh(&uri, &["list"]);
+        assert!(err.fails().contains("Connection refused"), "{}", err.stderr);
+    }
+    {
+        // Enabled without auth_tcp = "none": the daemon refuses to start.
+        let cfg = format!("listen_tcp = true\ntcp_addr = \"{addr}\"\n");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), cfg).unwrap();
+        let out = Command::new(binary("qemud"))
+            .args([
+                "--config",
+                file.path().to_str().unwrap(),
+                "--run-dir",
+                "/tmp/qd-notcp/run",
+                "--state-dir",
+                "/tmp/qd-notcp/state",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("auth_tcp"));
+    }
+    let d = daemon_with_settings(&format!(
+        "listen_tcp = true\ntcp_addr = \"{addr}\"\nauth_tcp = \"none\"\n"
+    ));
+    virsh(&uri, &["list", "--all"]).ok();
+    let x = write_xml(d.dir.path(), "tcpvm", &tiny_xml("tcpvm"));
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    virsh(&uri, &["start", "tcpvm"]).ok();
+    virsh(&uri, &["destroy", "tcpvm"]).ok();
+}
+
+#[test]
+fn read_only_clients_can_look_but_not_touch() {
+    let d = Daemon::start();
+    let x = write_xml(d.dir.path(), "look", &tiny_xml("look"));
+    virsh(&d.uri(), &["define", x.to_str().unwrap()]).ok();
+    let ro = d.uri_ro();
+    virsh(&ro, &["list", "--all"]).ok();
+    assert!(virsh(&ro, &["dominfo", "look"])
+        .ok()
+        .contains("Name:           look"));
+    virsh(&ro, &["dumpxml", "look"]).ok();
+    for args in [
+        vec!["start", "look"],
+        vec!["define", x.to_str().unwrap()],
+        vec!["undefine", "look"],
+    ] {
+        let err = virsh(&ro, &args);
+        assert!(
+            err.fails()
+                .contains("operation forbidden: read only access prevents"),
+            "{args:?}: {}",
+            err.stderr
+        );
+    }
+    virsh(&d.uri(), &["start", "look"]).ok();
+    for args in [
+        vec!["destroy", "look"],
+        vec!["suspend", "look"],
+        vec!["shutdown", "look"],
+    ] {
+        let err = virsh(&ro, &args);
+        assert!(
+            err.fails().contains("operation forbidden"),
+            "{args:?}: {}",
+            err.stderr
+        );
+    }
+    assert_eq!(virsh(&ro, &["domstate", "look"]).ok().trim(), "running");
+    virsh(&d.uri(), &["destroy", "look"]).ok();
+}
+
+#[test]
+fn max_clients_plus_one_is_refused_cleanly() {
+    let d = daemon_with_settings("max_clients = 3\n");
+    // Let the start-up probe connection of the harness go away first.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(d.socket()).unwrap())
+        .collect();
+    // Let the daemon accept them.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = UnixStream::connect(d.socket()).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let r = extra.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "extra client was not dropped: {r:?}\n{}",
+        d.log()
+    );
+    // The others keep working: open + get lib version on each.
+    for s in held.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&call(1, 1, &[0, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert_eq!(reply_status(s), 0);
+    }
+    assert!(d.log().contains("too many active clients"));
+    // A place frees up when a client leaves.
+    held.pop();
+    std::thread::sleep(Duration::from_millis(300));
+    virsh(&d.uri(), &["list"]).ok();
+}
+
+fn call(procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
+    for w in [0x2000_8086u32, 1, procedure as u32, 0, serial, 0] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+fn reply_status(s: &mut UnixStream) -> i32 {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+    s.read_exact(&mut rest).unwrap();
+    i32::from_be_bytes(rest[20..24].try_into().unwrap())
+}
+
+#[test]
+fn silent_client_is_dropped_after_keepalive() {
+    let d = daemon_with_settings("keepalive_interval = 1\nkeepalive_count = 2\n");
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.write_all(&call(1, 1, &[0, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    assert_eq!(reply_status(&mut s), 0);
+    // Read (and ignore) pings until the daemon hangs up.
+    let start = Instant::now();
+    let mut pings = 0;
+    loop {
+        let mut len = [0u8; 4];
+        match s.read_exact(&mut len) {
+            Ok(()) => {
+                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                s.read_exact(&mut rest).unwrap();
+                assert_eq!(
+                    &rest[0..4],
+                    &0x6b65_6570u32.to_be_bytes(),
+                    "expected a keepalive PING"
+                );
+                pings += 1;
+            }
+            Err(_) => break,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "client never dropped"
+        );
+    }
+    assert_eq!(pings, 2);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "dropped too early: {waited:?}"
+    );
+    assert!(d.log().contains("stopped answering keepalives"));
+    // A client that answers pings stays: virsh idles through several
+    // keepalive intervals and still gets the next event.
+    let mut w =
+        Watcher::spawn(Command::new("virsh").args(["-c", &d.uri(), "event", "--all", "--loop"]));
+    std::thread::sleep(Duration::from_secs(5));
+    let x = write_xml(d.dir.path(), "alive", &tiny_xml("alive"));
+    virsh(&d.uri(), &["define", x.to_str().unwrap()]).ok();
+    w.expect("event 'lifecycle' for domain 'alive': Defined Added", 10);
+}
