@@ -30,6 +30,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 # package instead, unless a kernel is already present.
 if ! ls /boot/vmlinuz-* >/dev/null 2>&1 && [ ! -e /var/cache/qemud-kernel/boot ]; then
     tmp=$(mktemp -d)
+    chmod 755 "$tmp" # apt's sandbox user writes the download here
     (cd "$tmp" && apt-get download -qq "$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')")
     $SUDO mkdir -p /var/cache/qemud-kernel
     $SUDO dpkg-deb -x "$tmp"/linux-image-*.deb /var/cache/qemud-kernel

@@ -155,8 +155,13 @@ pub fn build_command_line(
             format!("{model},netdev=hostnet{i},id=net{i},mac={}", nic.mac),
         );
     }
-    for i in 0..def.devices.serials {
-        push(&mut a, "-chardev", format!("pty,id=charserial{i}"));
+    for (i, serial) in def.devices.serials.iter().enumerate() {
+        let mut chardev = format!("pty,id=charserial{i}");
+        if let Some(log) = &serial.log_file {
+            let append = if serial.log_append { "on" } else { "off" };
+            chardev.push_str(&format!(",logfile={},logappend={append}", esc(log)));
+        }
+        push(&mut a, "-chardev", chardev);
         push(
             &mut a,
             "-device",
@@ -337,7 +342,7 @@ mod tests {
     #[test]
     fn serial_network_and_cpu() {
         let d = def(
-            "<serial type='pty'/><console type='pty'/><interface type='user'><mac address='52:54:00:00:00:01'/></interface>",
+            "<serial type='pty'><log file='/l,og'/></serial><console type='pty'/><interface type='user'><mac address='52:54:00:00:00:01'/></interface>",
             "pc",
         );
         let argv = build_command_line(&d, "qemu", Accel::Tcg, &paths()).unwrap();

@@ -119,12 +119,19 @@ pub struct GraphicsDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SerialDef {
+    /// `<log file='...'/>`: a copy of everything the guest writes.
+    pub log_file: Option<String>,
+    pub log_append: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Devices {
     pub emulator: Option<String>,
     pub disks: Vec<DiskDef>,
     pub interfaces: Vec<InterfaceDef>,
-    /// Number of pty serial ports (the console aliases serial 0).
-    pub serials: u32,
+    /// pty serial ports (the console aliases serial 0).
+    pub serials: Vec<SerialDef>,
     pub console: bool,
     pub graphics: Option<GraphicsDef>,
     /// Video model, "none" for no video device.
@@ -482,8 +489,8 @@ impl DomainDef {
             let _ = writeln!(x, "      <model type='{}'/>", esc(&nic.model));
             x.push_str("    </interface>\n");
         }
-        for i in 0..d.serials {
-            let pty = live.and_then(|l| l.pty_paths.get(i as usize));
+        for (i, serial) in d.serials.iter().enumerate() {
+            let pty = live.and_then(|l| l.pty_paths.get(i));
             match pty {
                 Some(p) => {
                     let _ = writeln!(
@@ -493,6 +500,10 @@ impl DomainDef {
                     );
                 }
                 None => x.push_str("    <serial type='pty'>\n"),
+            }
+            if let Some(f) = &serial.log_file {
+                let append = if serial.log_append { "on" } else { "off" };
+                let _ = writeln!(x, "      <log file='{}' append='{append}'/>", esc(f));
             }
             let _ = writeln!(x, "      <target port='{i}'/>\n    </serial>");
         }
@@ -599,7 +610,11 @@ fn parse_devices(devs: roxmltree::Node) -> Result<Devices> {
             "interface" => d.interfaces.push(parse_interface(el)?),
             "serial" => {
                 check_pty(el, "serial")?;
-                d.serials += 1;
+                let log = child(el, "log");
+                d.serials.push(SerialDef {
+                    log_file: log.and_then(|l| l.attribute("file")).map(str::to_owned),
+                    log_append: log.and_then(|l| l.attribute("append")) == Some("on"),
+                });
             }
             "console" => {
                 check_pty(el, "console")?;
@@ -652,10 +667,10 @@ fn parse_devices(devs: roxmltree::Node) -> Result<Devices> {
         }
     }
     // A console alone still needs the serial port it aliases.
-    if d.console && d.serials == 0 {
-        d.serials = 1;
+    if d.console && d.serials.is_empty() {
+        d.serials.push(SerialDef::default());
     }
-    if d.serials > 0 {
+    if !d.serials.is_empty() {
         d.console = true;
     }
     Ok(d)
@@ -822,7 +837,7 @@ mod tests {
     </disk>
     <interface type='user'><mac address='52:54:00:AA:bb:cc'/><model type='e1000'/></interface>
     <interface type='network'><source network='default'/></interface>
-    <serial type='pty'><target port='0'/></serial>
+    <serial type='pty'><log file='/tmp/s.log' append='on'/><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
     <graphics type='vnc' port='5901' listen='127.0.0.1'/>
     <video><model type='none'/></video>
@@ -857,7 +872,9 @@ mod tests {
             d.devices.interfaces[1].kind,
             InterfaceKind::Network("default".into())
         );
-        assert_eq!(d.devices.serials, 1);
+        assert_eq!(d.devices.serials.len(), 1);
+        assert_eq!(d.devices.serials[0].log_file.as_deref(), Some("/tmp/s.log"));
+        assert!(d.devices.serials[0].log_append);
         assert_eq!(d.cpu_mode.as_deref(), Some("host-passthrough"));
         let again = DomainDef::parse(&d.to_xml(None)).unwrap();
         assert_eq!(again, d);

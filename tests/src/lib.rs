@@ -37,13 +37,69 @@ pub fn kvm_usable() -> bool {
         .is_ok()
 }
 
-/// The domain type tests put in their XML.
+/// The domain type tests put in their XML: "kvm" when KVM really runs a
+/// guest here, "qemu" (TCG) otherwise. Opening /dev/kvm is not enough on
+/// some nested hosts, where a KVM guest never gets past its first
+/// instructions, so this boots the test guest once under KVM to find out.
+/// `QEMUD_TEST_DOMAIN_TYPE` overrides the probe.
 pub fn domain_type() -> &'static str {
-    if kvm_usable() {
-        "kvm"
-    } else {
-        "qemu"
+    static TYPE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    TYPE.get_or_init(|| {
+        if let Ok(t) = std::env::var("QEMUD_TEST_DOMAIN_TYPE") {
+            return if t == "kvm" { "kvm" } else { "qemu" };
+        }
+        if kvm_usable() && kvm_boots_guest() {
+            "kvm"
+        } else {
+            "qemu"
+        }
+    })
+}
+
+fn kvm_boots_guest() -> bool {
+    let g = guest();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serial.log");
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "pc,accel=kvm",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&g.kernel)
+        .arg("-initrd")
+        .arg(&g.initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut ok = false;
+    while Instant::now() < until {
+        if std::fs::read_to_string(&log)
+            .map(|t| t.contains("QEMUD-GUEST-READY"))
+            .unwrap_or(false)
+        {
+            ok = true;
+            break;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    ok
 }
 
 /// A daemon under test, with its own state and run directories.
@@ -316,9 +372,10 @@ pub fn guest() -> Guest {
     }
 }
 
-/// Domain XML booting the test guest, with a serial log file so tests can
-/// wait for the guest to be ready for ACPI events.
-pub fn guest_xml(name: &str, memory_mib: u32) -> String {
+/// Domain XML booting the test guest. Its serial output is also logged
+/// to `serial_log(dir, name)` so tests can wait for the guest to be ready
+/// for ACPI events.
+pub fn guest_xml(dir: &Path, name: &str, memory_mib: u32) -> String {
     let g = guest();
     format!(
         "<domain type='{ty}'>
@@ -333,7 +390,7 @@ pub fn guest_xml(name: &str, memory_mib: u32) -> String {
   </os>
   <features><acpi/></features>
   <devices>
-    <serial type='pty'/>
+    <serial type='pty'><log file='{log}' append='off'/></serial>
     <console type='pty'/>
     <memballoon model='none'/>
   </devices>
@@ -342,7 +399,12 @@ pub fn guest_xml(name: &str, memory_mib: u32) -> String {
         ty = domain_type(),
         kernel = g.kernel.display(),
         initrd = g.initrd.display(),
+        log = serial_log(dir, name).display(),
     )
+}
+
+pub fn serial_log(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-serial.log"))
 }
 
 /// A domain that needs no guest at all (firmware only): cheap to start.
@@ -372,31 +434,15 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until the guest on the domain's first serial pty prints its ready
-/// marker (it then handles the ACPI power button).
-pub fn wait_guest_ready(uri: &str, name: &str, secs: u64) {
-    let xml = virsh(uri, &["dumpxml", name]).ok().to_owned();
-    let pty = xml
-        .split("<source path='")
-        .nth(1)
-        .and_then(|s| s.split('\'').next())
-        .expect("serial pty in live XML")
-        .to_owned();
-    let f = std::fs::File::open(&pty).expect("open pty");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(f);
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            if line.contains("QEMUD-GUEST-READY") {
-                let _ = tx.send(());
-                return;
-            }
-            line.clear();
-        }
+/// Waits until the guest prints its ready marker (it then handles the
+/// ACPI power button).
+pub fn wait_guest_ready(dir: &Path, name: &str, secs: u64) {
+    let log = serial_log(dir, name);
+    wait_until(secs, &format!("guest {name} ready"), || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.contains("QEMUD-GUEST-READY"))
+            .unwrap_or(false)
     });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("guest {name} did not become ready in {secs}s"));
 }
 
 /// A spawned long-running client (e.g. `virsh event --loop`) whose output

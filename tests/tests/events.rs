@@ -61,7 +61,7 @@ fn virsh_event_loop_sees_every_transition() {
 fn guest_power_off_yields_shutdown_guest_then_stopped_shutdown() {
     let d = Daemon::start();
     let uri = d.uri();
-    let x = write_xml(d.dir.path(), "acpi", &guest_xml("acpi", 192));
+    let x = write_xml(d.dir.path(), "acpi", &guest_xml(d.dir.path(), "acpi", 192));
     virsh(&uri, &["define", x.to_str().unwrap()]).ok();
     let mut w = Watcher::spawn(Command::new("virsh").args([
         "-c",
@@ -75,7 +75,7 @@ fn guest_power_off_yields_shutdown_guest_then_stopped_shutdown() {
     std::thread::sleep(Duration::from_millis(500));
     virsh(&uri, &["start", "acpi"]).ok();
     w.expect("Started Booted", 10);
-    wait_guest_ready(&uri, "acpi", 120);
+    wait_guest_ready(d.dir.path(), "acpi", 120);
     virsh(&uri, &["shutdown", "acpi"]).ok();
     w.expect(
         "event 'lifecycle' for domain 'acpi': Shutdown Finished after guest request",

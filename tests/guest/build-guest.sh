@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Builds the tiny guest the end-to-end tests boot: a Debian kernel and a
+# busybox initramfs whose init prints a ready marker on the serial console
+# and powers off (like a real OS would) when the ACPI power button is
+# pressed, i.e. on `virsh shutdown`. Nothing is downloaded here: the kernel
+# comes from /boot or from the package scripts/install-deps.sh unpacked.
+#
+# Usage: build-guest.sh [OUT_DIR]   (default: $QEMUD_GUEST_DIR or /tmp/qemud-guest)
+set -euo pipefail
+
+out=${1:-${QEMUD_GUEST_DIR:-/tmp/qemud-guest}}
+self=$(readlink -f "$0")
+
+# Reuse a build that is newer than this script.
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initramfs.cpio.gz" ] && [ "$out/initramfs.cpio.gz" -nt "$self" ]; then
+    echo "$out/vmlinuz"
+    echo "$out/initramfs.cpio.gz"
+    exit 0
+fi
+
+# The newest kernel with its modules, installed or unpacked.
+kernel=""
+for root in / /var/cache/qemud-kernel/; do
+    for k in $(ls -1 "$root"boot/vmlinuz-* 2>/dev/null | sort -V -r); do
+        ver=${k##*/vmlinuz-}
+        if [ -d "${root}lib/modules/$ver" ]; then
+            kernel=$k
+            modules="${root}lib/modules/$ver"
+            break 2
+        fi
+    done
+done
+if [ -z "$kernel" ]; then
+    echo "no kernel found; run scripts/install-deps.sh" >&2
+    exit 1
+fi
+busybox=$(command -v busybox || true)
+# ldd fails on a static binary, which is what the initramfs needs.
+if [ -z "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
+    echo "a static busybox is needed (apt-get install busybox-static)" >&2
+    exit 1
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
+cp "$busybox" "$root/bin/busybox"
+
+# The power button driver and the event interface it reports through are
+# modules in Debian's kernel. Copy them, decompressing if needed.
+for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko; do
+    src=$(ls "$modules/$m"* 2>/dev/null | head -n1)
+    if [ -z "$src" ]; then
+        continue # built into this kernel
+    fi
+    name=$(basename "$m")
+    case "$src" in
+        *.xz) xz -dc "$src" > "$root/lib/modules/$name" ;;
+        *.zst) zstd -qdc "$src" > "$root/lib/modules/$name" ;;
+        *.gz) gzip -dc "$src" > "$root/lib/modules/$name" ;;
+        *) cp "$src" "$root/lib/modules/$name" ;;
+    esac
+done
+
+cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in /lib/modules/*.ko; do
+    insmod "$m" 2>/dev/null
+done
+# Find the event device of the ACPI power button.
+button=""
+for i in $(seq 100); do
+    for e in /sys/class/input/event*; do
+        if grep -qs "Power Button" "$e/device/name"; then
+            button=/dev/input/${e##*/}
+        fi
+    done
+    [ -n "$button" ] && [ -e "$button" ] && break
+    sleep 0.05
+done
+echo "QEMUD-GUEST-READY button=$button"
+if [ -n "$button" ]; then
+    # Block until the button sends its first input event, then power off
+    # the way an OS does after an ACPI power-button press.
+    dd if="$button" of=/dev/null bs=24 count=1 2>/dev/null
+    echo "QEMUD-GUEST-POWEROFF"
+    poweroff -f
+fi
+while true; do
+    sleep 3600
+done
+INIT
+chmod +x "$root/init"
+
+mkdir -p "$out"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initramfs.cpio.gz.tmp"
+cp "$kernel" "$out/vmlinuz.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+echo "$out/vmlinuz"
+echo "$out/initramfs.cpio.gz"
