@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what qemud and its test suite need on Debian: QEMU, the libvirt
-# clients the tests drive (virsh, python3-libvirt), and what the test guest
-# is built from (a Debian kernel, busybox, cpio). Idempotent.
+# clients the tests drive (virsh, python3-libvirt), what the test guest is
+# built from (a Debian kernel, busybox, cpio), and openssl/sshd/netcat for
+# the TLS and SSH transport tests. Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -23,6 +24,9 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     procps \
     util-linux \
     openssl \
+    openssh-server \
+    openssh-client \
+    netcat-openbsd \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

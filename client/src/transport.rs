@@ -158,6 +158,9 @@ fn open_ssh(uri: &ConnectUri, read_only: bool) -> Result<BoxedStream, ClientErro
     if uri.param("no_tty").is_some() {
         cmd.arg("-T");
     }
+    if uri.param("no_verify").is_some_and(|v| v != "0") {
+        cmd.arg("-o").arg("StrictHostKeyChecking=no");
+    }
     cmd.arg("-e")
         .arg("none")
         .arg(host)

@@ -48,11 +48,22 @@ pub fn domain_type() -> &'static str {
         if let Ok(t) = std::env::var("QEMUD_TEST_DOMAIN_TYPE") {
             return if t == "kvm" { "kvm" } else { "qemu" };
         }
-        if kvm_usable() && kvm_boots_guest() {
+        // The answer is cached beside the guest, which a rebuild replaces.
+        let cache = guest_dir().join("domain-type");
+        if let Ok(t) = std::fs::read_to_string(&cache) {
+            match t.trim() {
+                "kvm" => return "kvm",
+                "qemu" => return "qemu",
+                _ => {}
+            }
+        }
+        let t = if kvm_usable() && kvm_boots_guest() {
             "kvm"
         } else {
             "qemu"
-        }
+        };
+        let _ = std::fs::write(&cache, t);
+        t
     })
 }
 
@@ -138,12 +149,22 @@ impl Daemon {
         self.dir.path().join("state")
     }
 
+    /// The value of a `--flag value` pair among the extra arguments.
+    fn arg(&self, flag: &str) -> Option<PathBuf> {
+        self.extra_args
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| PathBuf::from(&w[1]))
+    }
+
     pub fn socket(&self) -> PathBuf {
-        self.run_dir().join("libvirt-sock")
+        self.arg("--socket")
+            .unwrap_or_else(|| self.run_dir().join("libvirt-sock"))
     }
 
     pub fn socket_ro(&self) -> PathBuf {
-        self.run_dir().join("libvirt-sock-ro")
+        self.arg("--socket-ro")
+            .unwrap_or_else(|| self.run_dir().join("libvirt-sock-ro"))
     }
 
     pub fn uri(&self) -> String {
@@ -349,10 +370,14 @@ pub struct Guest {
     pub initrd: PathBuf,
 }
 
-pub fn guest() -> Guest {
-    let dir = std::env::var_os("QEMUD_GUEST_DIR")
+fn guest_dir() -> PathBuf {
+    std::env::var_os("QEMUD_GUEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/qemud-guest"));
+        .unwrap_or_else(|| PathBuf::from("/tmp/qemud-guest"))
+}
+
+pub fn guest() -> Guest {
+    let dir = guest_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("guest")
         .join("build-guest.sh");
