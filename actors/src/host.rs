@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qemud_config::domain::esc as xml_escape;
 use qemud_protocol::remote::NodeGetInfoRet;
 
 /// qemud reports itself as this libvirt library version (9.0.0), the API
@@ -206,22 +207,6 @@ impl HostInfo {
         x.push_str("    </features>\n  </guest>\n\n</capabilities>\n");
         x
     }
-}
-
-/// Escapes text for XML content and single-quoted attributes.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -863,26 +863,18 @@ impl Registry {
                 self.qmp_op(uuid, "system_powerdown", |l| l.fake_reboot = true)
             }
             DomainOp::Reset { uuid } => self.qmp_op(uuid, "system_reset", |_| {}),
-            DomainOp::Suspend { uuid } => {
-                let f = self.qmp_op(uuid, "stop", |_| {});
-                Box::pin(f.map(move |res, act, _| {
-                    res?;
-                    if act.set_state(&uuid, DomainState::Paused, reason::PAUSED_USER) {
-                        act.lifecycle(&uuid, lc::SUSPENDED, lc::SUSPENDED_PAUSED);
-                    }
-                    act.view(&uuid)
-                }))
-            }
-            DomainOp::Resume { uuid } => {
-                let f = self.qmp_op(uuid, "cont", |_| {});
-                Box::pin(f.map(move |res, act, _| {
-                    res?;
-                    if act.set_state(&uuid, DomainState::Running, reason::RUNNING_UNPAUSED) {
-                        act.lifecycle(&uuid, lc::RESUMED, lc::RESUMED_UNPAUSED);
-                    }
-                    act.view(&uuid)
-                }))
-            }
+            DomainOp::Suspend { uuid } => self.cpu_op(
+                uuid,
+                "stop",
+                (DomainState::Paused, reason::PAUSED_USER),
+                (lc::SUSPENDED, lc::SUSPENDED_PAUSED),
+            ),
+            DomainOp::Resume { uuid } => self.cpu_op(
+                uuid,
+                "cont",
+                (DomainState::Running, reason::RUNNING_UNPAUSED),
+                (lc::RESUMED, lc::RESUMED_UNPAUSED),
+            ),
             DomainOp::Destroy { uuid, graceful } => {
                 let (vm, run) = match self.running(&uuid) {
                     Ok(e) => {
@@ -970,6 +962,26 @@ impl Registry {
                     Err(err)
                 }
             }
+        }))
+    }
+
+    /// Stops or continues the CPUs, then records the new state at once:
+    /// the reply must not wait for QEMU's STOP/RESUME event, and whichever of
+    /// the two arrives first emits the lifecycle event.
+    fn cpu_op(
+        &mut self,
+        uuid: Uuid,
+        command: &'static str,
+        (state, why): (DomainState, i32),
+        (event, detail): (i32, i32),
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let f = self.qmp_op(uuid, command, |_| {});
+        Box::pin(f.map(move |res, act, _| {
+            res?;
+            if act.set_state(&uuid, state, why) {
+                act.lifecycle(&uuid, event, detail);
+            }
+            act.view(&uuid)
         }))
     }
 

@@ -98,6 +98,38 @@ async fn cleanup(c: &Client, prefix: &str) {
     }
 }
 
+/// `virDomainEventType` SUSPENDED.
+const SUSPENDED: i32 = 3;
+
+type Subscriber = (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<crate::client::EventMessage>,
+);
+
+/// Waits (at most 10 s) until every subscriber has the event `wanted`
+/// picks out, recording how long after `sent` each one read it.
+async fn collect_latencies(
+    subs: &mut [Subscriber],
+    sent: Instant,
+    samples: &mut Vec<Duration>,
+    wanted: impl Fn(&crate::client::LifecycleEvent) -> bool,
+) -> Result<(), ClientError> {
+    let deadline = sent + Duration::from_secs(10);
+    for (_, rx) in subs.iter_mut() {
+        loop {
+            let ev = tokio::time::timeout_at(deadline.into(), rx.recv())
+                .await
+                .map_err(|_| ClientError::Timeout("event".into()))?
+                .ok_or(ClientError::Closed)?;
+            if ev.lifecycle().is_some_and(|l| wanted(&l)) {
+                samples.push(ev.received.duration_since(sent));
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> {
     let ty = a.domain_type.clone().unwrap_or_else(|| {
         let kvm = std::fs::OpenOptions::new()
@@ -255,19 +287,7 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         let name = format!("{prefix}ev-{i}");
         let sent = Instant::now();
         let d = c.define_xml(&domain_xml(&name, &ty)).await?;
-        for (_, rx) in subs.iter_mut() {
-            let deadline = sent + Duration::from_secs(10);
-            loop {
-                let ev = tokio::time::timeout_at(deadline.into(), rx.recv())
-                    .await
-                    .map_err(|_| ClientError::Timeout("event".into()))?
-                    .ok_or(ClientError::Closed)?;
-                if ev.lifecycle().is_some_and(|l| l.domain == name) {
-                    samples.push(ev.received.duration_since(sent));
-                    break;
-                }
-            }
-        }
+        collect_latencies(&mut subs, sent, &mut samples, |l| l.domain == name).await?;
         c.undefine(&d).await?;
     }
     rows.push(row(
@@ -288,22 +308,10 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
             // suspend: QMP stop -> STOP event -> subscribers.
             let sent = Instant::now();
             c.suspend(&d).await?;
-            for (_, rx) in subs.iter_mut() {
-                let deadline = sent + Duration::from_secs(10);
-                loop {
-                    let ev = tokio::time::timeout_at(deadline.into(), rx.recv())
-                        .await
-                        .map_err(|_| ClientError::Timeout("event".into()))?
-                        .ok_or(ClientError::Closed)?;
-                    if ev
-                        .lifecycle()
-                        .is_some_and(|l| l.domain == name && l.event == 3)
-                    {
-                        suspend_ev.push(ev.received.duration_since(sent));
-                        break;
-                    }
-                }
-            }
+            collect_latencies(&mut subs, sent, &mut suspend_ev, |l| {
+                l.domain == name && l.event == SUSPENDED
+            })
+            .await?;
             destroy.push(timed(c.destroy(&d)).await?.0);
             undef.push(timed(c.undefine(&d)).await?.0);
         }

@@ -323,31 +323,29 @@ impl Run {
     }
 }
 
-/// Runs real virsh against `uri` with a deadline.
-pub fn virsh(uri: &str, args: &[&str]) -> Run {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("virsh")
-        .arg("-q")
-        .arg("-c")
-        .arg(uri)
-        .args(args)
-        .output()
-        .expect("run virsh");
-    Run::from(out)
+fn run_virsh(quiet: bool, uri: &str, args: &[&str]) -> Run {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60").arg("virsh");
+    if quiet {
+        cmd.arg("-q");
+    }
+    Run::from(
+        cmd.arg("-c")
+            .arg(uri)
+            .args(args)
+            .output()
+            .expect("run virsh"),
+    )
 }
 
-/// Runs virsh without `-q`, for commands whose headers are checked.
+/// Runs real virsh (quiet: no headers or chatter) against `uri` with a deadline.
+pub fn virsh(uri: &str, args: &[&str]) -> Run {
+    run_virsh(true, uri, args)
+}
+
+/// Runs virsh without `-q`, for output whose headers or messages are checked.
 pub fn virsh_full(uri: &str, args: &[&str]) -> Run {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("virsh")
-        .arg("-c")
-        .arg(uri)
-        .args(args)
-        .output()
-        .expect("run virsh");
-    Run::from(out)
+    run_virsh(false, uri, args)
 }
 
 /// Runs a python3-libvirt script (Debian's /usr/bin/python3); the script

@@ -28,8 +28,8 @@ fn frame(program: u32, procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Reads one reply: (procedure, serial, status, body).
-fn read_reply(s: &mut UnixStream) -> (i32, u32, i32, Vec<u8>) {
+/// Reads one packet: (procedure, type, serial, status, body).
+fn read_packet(s: &mut UnixStream) -> (i32, i32, u32, i32, Vec<u8>) {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).unwrap();
     let len = u32::from_be_bytes(len) as usize;
@@ -38,10 +38,17 @@ fn read_reply(s: &mut UnixStream) -> (i32, u32, i32, Vec<u8>) {
     let word = |i: usize| u32::from_be_bytes(rest[i..i + 4].try_into().unwrap());
     (
         word(8) as i32,
+        word(12) as i32,
         word(16),
         word(20) as i32,
         rest[24..].to_vec(),
     )
+}
+
+/// Reads one reply: (procedure, serial, status, body).
+fn read_reply(s: &mut UnixStream) -> (i32, u32, i32, Vec<u8>) {
+    let (procedure, _, serial, status, body) = read_packet(s);
+    (procedure, serial, status, body)
 }
 
 /// Error code of a `remote_error` body.
@@ -190,14 +197,9 @@ fn keepalive_ping_gets_pong() {
 /// Reads packets until the reply with `serial`, skipping event messages.
 fn read_reply_for(s: &mut UnixStream, serial: u32) -> (i32, i32) {
     loop {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).unwrap();
-        let len = u32::from_be_bytes(len) as usize;
-        let mut rest = vec![0u8; len - 4];
-        s.read_exact(&mut rest).unwrap();
-        let word = |i: usize| u32::from_be_bytes(rest[i..i + 4].try_into().unwrap());
-        if word(12) == 1 && word(16) == serial {
-            return (word(8) as i32, word(20) as i32);
+        let (procedure, kind, got, status, _) = read_packet(s);
+        if kind == 1 && got == serial {
+            return (procedure, status);
         }
     }
 }
