@@ -746,7 +746,10 @@ impl Registry {
             .and_then(|s| s.as_str())
             .unwrap_or("running")
             .to_owned();
-        let e = self.domains.get_mut(&uuid).expect("entry checked above");
+        let Some(e) = self.domains.get_mut(&uuid) else {
+            // Checked at the top; nothing in between removes entries.
+            return;
+        };
         let got_shutdown = rec.got_shutdown || status == "shutdown";
         e.live = Some(Live {
             id: rec.id,
@@ -876,15 +879,16 @@ impl Registry {
                 (lc::RESUMED, lc::RESUMED_UNPAUSED),
             ),
             DomainOp::Destroy { uuid, graceful } => {
-                let (vm, run) = match self.running(&uuid) {
-                    Ok(e) => {
-                        e.job = Some("destroy");
-                        let live = e.live.as_mut().expect("running() checked live");
-                        live.destroying = true;
-                        (live.vm.clone(), live.run)
-                    }
+                let e = match self.running(&uuid) {
+                    Ok(e) => e,
                     Err(e) => return ready(Err(e)),
                 };
+                let Some(live) = e.live.as_mut() else {
+                    return ready(Err(Error::OperationInvalid("domain is not running".into())));
+                };
+                live.destroying = true;
+                let (vm, run) = (live.vm.clone(), live.run);
+                e.job = Some("destroy");
                 Box::pin(
                     vm.send(Kill { graceful })
                         .into_actor(self)
@@ -892,30 +896,20 @@ impl Registry {
                             if let Some(e) = act.domains.get_mut(&uuid) {
                                 e.job = None;
                             }
-                            match res {
-                                Ok(Ok(())) => {
-                                    act.stopped(
-                                        &uuid,
-                                        run,
-                                        reason::SHUTOFF_DESTROYED,
-                                        lc::STOPPED_DESTROYED,
-                                    );
-                                    act.view(&uuid)
-                                        .or_else(|_| Ok(Arc::new(placeholder_view(uuid))))
-                                }
-                                Ok(Err(e)) => Err(e),
-                                // The supervisor is already gone: so is QEMU.
-                                Err(_) => {
-                                    act.stopped(
-                                        &uuid,
-                                        run,
-                                        reason::SHUTOFF_DESTROYED,
-                                        lc::STOPPED_DESTROYED,
-                                    );
-                                    act.view(&uuid)
-                                        .or_else(|_| Ok(Arc::new(placeholder_view(uuid))))
-                                }
+                            // A mailbox error means the supervisor is
+                            // already gone, and so is QEMU.
+                            if let Ok(Err(e)) = res {
+                                return Err(e);
                             }
+                            act.stopped(
+                                &uuid,
+                                run,
+                                reason::SHUTOFF_DESTROYED,
+                                lc::STOPPED_DESTROYED,
+                            );
+                            // A transient domain is gone from the registry by now.
+                            act.view(&uuid)
+                                .or_else(|_| Ok(Arc::new(placeholder_view(uuid))))
                         }),
                 )
             }
