@@ -295,12 +295,13 @@ impl Connection {
                 secure: self.peer.secure as i32,
             }),
             CONNECT_SUPPORTS_FEATURE => decode::<SupportsFeatureArgs>(body).and_then(|a| {
+                // Only what is implemented: keepalive, server-side event
+                // callbacks and close-callback registration.
                 let supported = matches!(
                     a.feature,
                     feature::PROGRAM_KEEPALIVE
                         | feature::REMOTE_EVENT_CALLBACK
                         | feature::REMOTE_CLOSE_CALLBACK
-                        | feature::TYPED_PARAM_STRING
                 );
                 encode(&SupportsFeatureRet {
                     supported: supported as i32,

@@ -128,6 +128,27 @@ impl DomainEvent {
         )
     }
 
+    pub fn io_error(
+        dom: &NonnullDomain,
+        src_path: &str,
+        dev_alias: &str,
+        action: i32,
+    ) -> Result<DomainEvent> {
+        let msg = qemud_protocol::remote::DomainEventIoErrorMsg {
+            dom: dom.clone(),
+            src_path: src_path.into(),
+            dev_alias: dev_alias.into(),
+            action,
+        };
+        Self::build(
+            dom,
+            event_id::IO_ERROR,
+            DOMAIN_EVENT_IO_ERROR,
+            DOMAIN_EVENT_CALLBACK_IO_ERROR,
+            &msg,
+        )
+    }
+
     pub fn io_error_reason(
         dom: &NonnullDomain,
         src_path: &str,

@@ -601,6 +601,8 @@ impl Registry {
                 } else {
                     "eio"
                 };
+                // libvirt sends both the plain and the with-reason event.
+                self.emit(&uuid, |d| DomainEvent::io_error(d, "", &dev, action));
                 self.emit(&uuid, |d| {
                     DomainEvent::io_error_reason(d, "", &dev, action, reason)
                 });

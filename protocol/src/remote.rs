@@ -23,7 +23,6 @@ pub const CONNECT_RO: u32 = 1;
 
 /// `virDrvFeature` values a client may ask about.
 pub mod feature {
-    pub const TYPED_PARAM_STRING: i32 = 9;
     pub const PROGRAM_KEEPALIVE: i32 = 10;
     pub const REMOTE_EVENT_CALLBACK: i32 = 14;
     pub const REMOTE_CLOSE_CALLBACK: i32 = 15;
@@ -267,6 +266,16 @@ xdr_struct!(DomainEventWatchdogMsg {
 xdr_struct!(DomainEventCallbackWatchdogMsg {
     callback_id: i32,
     msg: DomainEventWatchdogMsg
+});
+xdr_struct!(DomainEventIoErrorMsg {
+    dom: NonnullDomain,
+    src_path: XdrString,
+    dev_alias: XdrString,
+    action: i32,
+});
+xdr_struct!(DomainEventCallbackIoErrorMsg {
+    callback_id: i32,
+    msg: DomainEventIoErrorMsg
 });
 xdr_struct!(DomainEventIoErrorReasonMsg {
     dom: NonnullDomain,

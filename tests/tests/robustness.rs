@@ -1,0 +1,125 @@
+//! A VM that stops answering fails only its own calls; a client that stops
+//! reading its events is dropped without holding up anyone else.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use qemud_tests::*;
+
+fn qemu_pid(d: &Daemon, name: &str) -> Pid {
+    let xml = virsh(&d.uri(), &["dumpxml", name]).ok().to_owned();
+    let uuid = xml
+        .split("<uuid>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let pid: i32 = std::fs::read_to_string(d.run_dir().join("pid").join(format!("{uuid}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Pid::from_raw(pid)
+}
+
+#[test]
+fn stuck_vm_fails_only_its_own_calls() {
+    let d = daemon_with_settings("qmp_timeout_ms = 1500\n");
+    let uri = d.uri();
+    for n in ["stuck", "fine"] {
+        let x = write_xml(d.dir.path(), n, &tiny_xml(n));
+        virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+        virsh(&uri, &["start", n]).ok();
+    }
+    let pid = qemu_pid(&d, "stuck");
+    kill(pid, Signal::SIGSTOP).unwrap();
+
+    // The stuck VM's call runs into its deadline...
+    let uri2 = uri.clone();
+    let stuck_call = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = virsh(&uri2, &["suspend", "stuck"]);
+        (r.status.success(), r.stderr, t.elapsed())
+    });
+    // ...while everything else carries on meanwhile.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    virsh(&uri, &["suspend", "fine"]).ok();
+    virsh(&uri, &["resume", "fine"]).ok();
+    virsh(&uri, &["list", "--all"]).ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "others were held up: {:?}",
+        t.elapsed()
+    );
+
+    let (ok, stderr, took) = stuck_call.join().unwrap();
+    assert!(!ok, "a stopped QEMU answered?");
+    assert!(stderr.contains("Timed out during operation"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    kill(pid, Signal::SIGCONT).unwrap();
+    virsh(&uri, &["destroy", "stuck"]).ok();
+    virsh(&uri, &["destroy", "fine"]).ok();
+}
+
+fn frame(procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
+    for w in [0x2000_8086u32, 1, procedure as u32, 0, serial, 0] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+#[test]
+fn client_that_stops_reading_events_is_dropped() {
+    let d = daemon_with_settings("max_queued_messages = 8\n");
+    let uri = d.uri();
+    // A subscriber that registers and then never reads again.
+    let mut lazy = UnixStream::connect(d.socket()).unwrap();
+    lazy.write_all(&frame(1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .unwrap();
+    // CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY: lifecycle, all domains.
+    lazy.write_all(&frame(316, 2, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .unwrap();
+    // A well-behaved subscriber.
+    let mut w =
+        Watcher::spawn(Command::new("virsh").args(["-c", &uri, "event", "--all", "--loop"]));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Long names make big events, to fill the lazy client's socket soon.
+    let name = format!("n{}", "x".repeat(200));
+    let r = python(
+        &uri,
+        &format!(
+            r#"
+import os, libvirt
+c = libvirt.open(os.environ["QEMUD_URI"])
+xml = """{xml}"""
+for i in range(1200):
+    c.defineXML(xml).undefine()
+c.defineXML(xml.replace("{name}", "last"))
+print("ok")
+"#,
+            xml = tiny_xml(&name).replace(
+                "<name>",
+                "<uuid>6a9e1c7e-0000-4000-8000-000000000001</uuid><name>"
+            )
+        ),
+    );
+    assert_eq!(r.ok().trim(), "ok", "{}", r.stderr);
+    w.expect("event 'lifecycle' for domain 'last': Defined Added", 30);
+    wait_until(10, "lazy client dropped", || {
+        d.log().contains("is not reading its messages")
+    });
+    // The daemon still serves everyone else.
+    virsh(&uri, &["list", "--all"]).ok();
+}
