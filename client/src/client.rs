@@ -97,8 +97,12 @@ pub struct Client {
     read_only: bool,
 }
 
-/// Seconds a call may take before the client gives up on it.
+/// How long a call may take before the client gives up on it.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Silence after which the client pings the server.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered pings after which the server counts as gone.
+const KEEPALIVE_COUNT: u32 = 5;
 
 impl Client {
     /// Connects and opens the connection (`virConnectOpen`).
@@ -469,8 +473,26 @@ async fn run(
     events: mpsc::UnboundedSender<EventMessage>,
 ) {
     let mut pending: HashMap<u32, oneshot::Sender<Packet>> = HashMap::new();
+    // Keepalive like libvirt's clients: ping a silent server every
+    // KEEPALIVE_INTERVAL and give up after KEEPALIVE_COUNT unanswered pings.
+    let mut ticker = tokio::time::interval(KEEPALIVE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut unanswered = 0u32;
     loop {
         tokio::select! {
+            _ = ticker.tick() => {
+                if last_heard.elapsed() < KEEPALIVE_INTERVAL {
+                    continue;
+                }
+                if unanswered >= KEEPALIVE_COUNT {
+                    break;
+                }
+                unanswered += 1;
+                if framed.send(keepalive::ping()).await.is_err() {
+                    break;
+                }
+            }
             req = requests.recv() => {
                 let Some(req) = req else { break };
                 if let Some(reply) = req.reply {
@@ -496,6 +518,8 @@ async fn run(
             }
             packet = framed.next() => {
                 let Some(Ok(packet)) = packet else { break };
+                last_heard = tokio::time::Instant::now();
+                unanswered = 0;
                 let h = packet.header;
                 match (h.program, h.kind) {
                     (program::KEEPALIVE, MessageType::Message)
