@@ -668,6 +668,21 @@ impl Registry {
         for rec in &records {
             self.next_id = self.next_id.max(rec.id + 1);
         }
+        // A QEMU with a pid file but no live record was being started when
+        // the previous daemon died: nobody asked for it to run, so it goes.
+        for (uuid, pid) in self.store.pidfiles() {
+            if records.iter().any(|r| r.uuid == uuid) {
+                continue;
+            }
+            if qemu::is_our_qemu(pid, &uuid) {
+                warn!(%uuid, pid, "stopping QEMU left over from an interrupted start");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            self.store.delete_live(&uuid);
+        }
         for rec in records {
             if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");

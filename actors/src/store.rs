@@ -183,6 +183,22 @@ impl Store {
         let _ = fs::remove_file(self.pidfile(uuid));
     }
 
+    /// Pid files QEMU wrote (`-pidfile`), as (uuid, pid).
+    pub fn pidfiles(&self) -> Vec<(Uuid, i32)> {
+        let Ok(entries) = fs::read_dir(self.run_dir.join("pid")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let uuid = Uuid::parse_str(name.to_str()?.strip_suffix(".pid")?).ok()?;
+                let pid = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+                Some((uuid, pid))
+            })
+            .collect()
+    }
+
     pub fn load_live(&self) -> Vec<LiveRecord> {
         let dir = self.run_dir.join("live");
         let mut out = Vec::new();

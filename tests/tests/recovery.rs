@@ -99,3 +99,42 @@ fn autostart_domains_start_with_the_daemon() {
     });
     virsh(&uri, &["destroy", "auto"]).ok();
 }
+
+#[test]
+fn qemu_of_an_interrupted_start_is_cleaned_up() {
+    let mut d = Daemon::start();
+    let uri = d.uri();
+    let x = write_xml(d.dir.path(), "half", &tiny_xml("half"));
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    let uuid = virsh(&uri, &["domuuid", "half"]).ok().trim().to_owned();
+    d.kill9();
+    // What a daemon that died between spawning QEMU and recording it leaves:
+    // a QEMU with its pid file and no live record.
+    let pidfile = d.run_dir().join("pid").join(format!("{uuid}.pid"));
+    let mut orphan = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-machine",
+            "none",
+            "-uuid",
+            &uuid,
+        ])
+        .arg("-pidfile")
+        .arg(&pidfile)
+        .spawn()
+        .unwrap();
+    wait_until(10, "pid file", || pidfile.exists());
+    d.restart();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        orphan.try_wait().unwrap().is_some()
+    });
+    assert!(gone, "orphaned QEMU still running");
+    assert_eq!(virsh(&uri, &["domstate", "half"]).ok().trim(), "shut off");
+    // And the domain starts normally afterwards.
+    virsh(&uri, &["start", "half"]).ok();
+    virsh(&uri, &["destroy", "half"]).ok();
+}
