@@ -308,7 +308,13 @@ impl Registry {
     }
 
     /// Prepares a start: checks, command line, paths. Marks the job.
-    fn prepare_start(&mut self, uuid: &Uuid) -> Result<(LaunchSpec, DomainDef)> {
+    /// `live_def` replaces the stored definition for this run only
+    /// (`virDomainCreateXML` of a domain that is also defined).
+    fn prepare_start(
+        &mut self,
+        uuid: &Uuid,
+        live_def: Option<DomainDef>,
+    ) -> Result<(LaunchSpec, DomainDef)> {
         let kvm = self.host.kvm;
         let default_emulator = self.host.emulator.clone();
         let qmp_timeout = Duration::from_millis(self.settings.qmp_timeout_ms);
@@ -318,7 +324,7 @@ impl Registry {
         if e.live.is_some() {
             return Err(Error::OperationInvalid("domain is already running".into()));
         }
-        let def = e.def.clone();
+        let def = live_def.unwrap_or_else(|| e.def.clone());
         let accel = if def.domain_type == "kvm" {
             if !kvm {
                 return Err(Error::ConfigUnsupported(
@@ -853,6 +859,7 @@ impl Registry {
                 // A transient domain exists only while it runs: it is entered
                 // now and removed again if the start fails.
                 let existed = self.domains.contains_key(&uuid);
+                let live_def = existed.then(|| def.clone());
                 if !existed {
                     self.domains.insert(
                         uuid,
@@ -868,7 +875,7 @@ impl Registry {
                         },
                     );
                 }
-                let f = self.start(uuid, paused, ctx);
+                let f = self.start(uuid, paused, live_def, ctx);
                 Box::pin(f.map(move |res, act, _| {
                     if res.is_err() && !existed {
                         act.domains.remove(&uuid);
@@ -877,7 +884,7 @@ impl Registry {
                     res
                 }))
             }
-            DomainOp::Start { uuid, paused } => self.start(uuid, paused, ctx),
+            DomainOp::Start { uuid, paused } => self.start(uuid, paused, None, ctx),
             DomainOp::Shutdown { uuid } => self.qmp_op(uuid, "system_powerdown", |_| {}),
             DomainOp::Reboot { uuid } => {
                 self.qmp_op(uuid, "system_powerdown", |l| l.fake_reboot = true)
@@ -937,9 +944,10 @@ impl Registry {
         &mut self,
         uuid: Uuid,
         paused: bool,
+        live_def: Option<DomainDef>,
         _ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
-        let (spec, def) = match self.prepare_start(&uuid) {
+        let (spec, def) = match self.prepare_start(&uuid, live_def) {
             Ok(x) => x,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };

@@ -246,3 +246,34 @@ print("ok")
     let r = python(&d.uri(), &script);
     assert_eq!(r.ok().trim(), "ok", "{}", r.stderr);
 }
+
+#[test]
+fn create_xml_of_a_defined_domain_runs_the_given_definition() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let uuid = "<uuid>0d9e1c7e-0000-4000-8000-0000000000aa</uuid><name>";
+    let base = tiny_xml("both").replace("<name>", uuid);
+    let x = write_xml(d.dir.path(), "both", &base);
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    let bigger = base.replace(
+        "<memory unit='MiB'>32</memory>",
+        "<memory unit='MiB'>48</memory>",
+    );
+    let y = write_xml(d.dir.path(), "both-live", &bigger);
+    virsh(&uri, &["create", y.to_str().unwrap()]).ok();
+    assert!(virsh(&uri, &["dominfo", "both"])
+        .ok()
+        .contains("Max memory:     49152 KiB"));
+    assert!(virsh(&uri, &["dumpxml", "--inactive", "both"])
+        .ok()
+        .contains("<memory unit='KiB'>32768</memory>"));
+    virsh(&uri, &["destroy", "both"]).ok();
+    // Still defined, with its own definition.
+    let info = virsh(&uri, &["dominfo", "both"]);
+    assert!(
+        info.ok().contains("Max memory:     32768 KiB"),
+        "{}",
+        info.stdout
+    );
+    assert!(info.stdout.contains("Persistent:     yes"));
+}
