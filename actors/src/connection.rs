@@ -368,6 +368,9 @@ impl Connection {
     }
 
     fn open(&mut self, body: &[u8]) -> Result<Vec<u8>> {
+        if self.opened {
+            return Err(Error::Internal("connection already open".into()));
+        }
         let args: ConnectOpenArgs = decode(body)?;
         let name: OptString = args.name;
         if let Some(name) = name.as_ref().map(|n| n.as_str()).filter(|n| !n.is_empty()) {

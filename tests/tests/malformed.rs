@@ -101,6 +101,22 @@ fn unknown_program_gets_error_reply() {
 }
 
 #[test]
+fn second_open_is_refused() {
+    let d = Daemon::start();
+    let mut s = connect(&d);
+    open(&mut s);
+    s.write_all(&frame(REMOTE, 1, 2, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .unwrap();
+    let (_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((serial, status), (2, 1));
+    assert_eq!(
+        error_code(&body),
+        1,
+        "VIR_ERR_INTERNAL_ERROR: connection already open"
+    );
+}
+
+#[test]
 fn calls_before_open_are_refused() {
     let d = Daemon::start();
     let mut s = connect(&d);
