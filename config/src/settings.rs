@@ -15,9 +15,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// System when the effective uid is root, Session otherwise. Setting
+    /// `QEMUD_FORCE_SESSION` gives a root process session paths, so tests
+    /// run as root do not touch the host's system directories.
     pub fn current() -> Mode {
-        // SAFETY-free: geteuid has no failure mode.
-        if nix_euid_is_root() {
+        if std::env::var_os("QEMUD_FORCE_SESSION").is_none() && effective_uid() == Some(0) {
             Mode::System
         } else {
             Mode::Session
@@ -25,22 +27,30 @@ impl Mode {
     }
 }
 
-fn nix_euid_is_root() -> bool {
-    std::env::var_os("QEMUD_FORCE_SESSION").is_none() && unsafe_free_euid() == 0
+/// The effective uid, read from /proc so this crate needs no FFI.
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    // "Uid:" is followed by the real, effective, saved and fs uids.
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
-fn unsafe_free_euid() -> u32 {
-    // /proc/self/status carries the effective uid without any FFI.
-    std::fs::read_to_string("/proc/self/status")
+/// Parses a socket permission string such as "0770" (always octal).
+pub fn parse_perms(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim(), 8)
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|v| v.parse().ok())
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| {
+            format!("invalid socket permissions '{text}': expected an octal mode like \"0770\"")
         })
-        .unwrap_or(u32::MAX)
 }
+
+/// The floor for `max_message_bytes`: below it ordinary calls such as
+/// defining a domain or listing domains would be refused.
+const MIN_MESSAGE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -56,21 +66,29 @@ pub enum SettingsError {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    /// Follows the effective uid; not read from the file.
     #[serde(skip)]
     pub mode: Mode,
+    /// Persistent definitions, autostart links and logs.
     pub state_dir: PathBuf,
+    /// Sockets, monitor sockets, pidfiles and running-domain records.
     pub run_dir: PathBuf,
+    /// Read-write socket; defaults to `<run_dir>/libvirt-sock`.
     pub unix_sock_path: PathBuf,
+    /// Read-only socket; defaults to `<run_dir>/libvirt-sock-ro`.
     pub unix_sock_ro_path: PathBuf,
     /// Octal file mode of the read-write socket.
     pub unix_sock_rw_perms: String,
     /// Octal file mode of the read-only socket.
     pub unix_sock_ro_perms: String,
     pub listen_tcp: bool,
+    /// `host:port` of the plain TCP listener.
     pub tcp_addr: String,
-    /// Only "none" can be served; anything else keeps TCP closed.
+    /// Only "none" can be served; with anything else the daemon refuses to
+    /// listen on TCP.
     pub auth_tcp: String,
     pub listen_tls: bool,
+    /// `host:port` of the TLS listener.
     pub tls_addr: String,
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
@@ -88,6 +106,7 @@ pub struct Settings {
     pub keepalive_count: u32,
     /// Largest message body plus header (excluding the length word).
     pub max_message_bytes: usize,
+    /// None: search PATH for qemu-system-x86_64, then /usr/libexec/qemu-kvm.
     pub qemu_binary: Option<String>,
     /// Deadline of every QMP command, in milliseconds.
     pub qmp_timeout_ms: u64,
@@ -102,7 +121,10 @@ fn session_dirs() -> (PathBuf, PathBuf) {
         .unwrap_or_else(|| home.join(".config"));
     let run = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("qemud"),
-        None => PathBuf::from(format!("/tmp/qemud-{}", unsafe_free_euid())),
+        None => PathBuf::from(format!(
+            "/tmp/qemud-{}",
+            effective_uid().unwrap_or(u32::MAX)
+        )),
     };
     (config.join("qemud"), run)
 }
@@ -169,11 +191,29 @@ impl Settings {
         })
     }
 
+    /// Checks values whose type admits nonsense; the daemon calls it again
+    /// after applying its command-line flags.
+    pub fn validate(&self) -> Result<(), String> {
+        parse_perms(&self.unix_sock_rw_perms).map_err(|e| format!("unix_sock_rw_perms: {e}"))?;
+        parse_perms(&self.unix_sock_ro_perms).map_err(|e| format!("unix_sock_ro_perms: {e}"))?;
+        if self.max_clients == 0 {
+            return Err("max_clients must be at least 1".into());
+        }
+        // Below this not even the reply to the first call would fit.
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(format!(
+                "max_message_bytes must be at least {MIN_MESSAGE_BYTES}"
+            ));
+        }
+        Ok(())
+    }
+
     fn from_toml(text: &str, mode: Mode) -> Result<Settings, String> {
         // Missing keys take `Default`, which follows the current mode.
         let mut s: Settings = toml::from_str(text).map_err(|e| e.to_string())?;
         let defaults = Settings::for_mode(mode);
         s.mode = mode;
+        s.validate()?;
         // A moved run dir carries the default socket paths along.
         if s.run_dir != defaults.run_dir {
             let dir = s.run_dir.clone();
@@ -197,11 +237,32 @@ mod tests {
     #[test]
     fn defaults_are_complete() {
         let s = Settings::for_mode(Mode::System);
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/qemud"));
+        assert_eq!(s.run_dir, PathBuf::from("/run/qemud"));
         assert_eq!(s.unix_sock_path, PathBuf::from("/run/qemud/libvirt-sock"));
+        assert_eq!(
+            s.unix_sock_ro_path,
+            PathBuf::from("/run/qemud/libvirt-sock-ro")
+        );
+        assert_eq!(
+            (s.unix_sock_rw_perms.as_str(), s.unix_sock_ro_perms.as_str()),
+            ("0700", "0777")
+        );
+        assert!(!s.listen_tcp && !s.listen_tls);
+        assert_eq!(s.tcp_addr, "127.0.0.1:16509");
+        assert_eq!(s.tls_addr, "0.0.0.0:16514");
+        assert_eq!(s.auth_tcp, "sasl");
+        assert!(s.tls_allowed_dn_list.is_empty());
+        assert_eq!((s.max_clients, s.max_client_requests), (5000, 5));
+        assert_eq!((s.keepalive_interval, s.keepalive_count), (5, 5));
         assert_eq!(s.max_message_bytes, 16 * 1024 * 1024);
-        assert!(!s.listen_tcp);
+        assert_eq!(s.qemu_binary, None);
+        assert_eq!(s.qmp_timeout_ms, 10_000);
+        assert_eq!(s.validate(), Ok(()));
         let s = Settings::for_mode(Mode::Session);
-        assert!(s.unix_sock_path.ends_with("libvirt-sock"));
+        assert!(s.state_dir.ends_with("qemud"));
+        assert_eq!(s.unix_sock_path, s.run_dir.join("libvirt-sock"));
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]
@@ -219,6 +280,39 @@ mod tests {
         let mut s = Settings::for_mode(Mode::System);
         s.set_run_dir("/y".into());
         assert_eq!(s.unix_sock_ro_path, PathBuf::from("/y/libvirt-sock-ro"));
+    }
+
+    #[test]
+    fn load_reads_a_file_or_uses_defaults() {
+        let defaults = Settings::load(None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaults, Settings::default());
+        let path = std::env::temp_dir().join(format!("qemud-settings-{}.toml", std::process::id()));
+        std::fs::write(&path, "max_clients = 9\nauth_tcp = \"none\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let loaded = Settings::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        let loaded = loaded.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.max_clients, 9);
+        assert_eq!(loaded.auth_tcp, "none");
+        assert_eq!(loaded.tcp_addr, defaults.tcp_addr);
+        assert!(matches!(
+            Settings::load(Some(Path::new("/nonexistent/qemud.toml"))),
+            Err(SettingsError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        for text in [
+            "unix_sock_rw_perms = \"rwx\"\n",
+            "unix_sock_ro_perms = \"0999\"\n",
+            "max_clients = 0\n",
+            "max_message_bytes = 100\n",
+        ] {
+            assert!(Settings::from_toml(text, Mode::System).is_err(), "{text}");
+        }
+        assert_eq!(parse_perms("0770"), Ok(0o770));
+        assert_eq!(parse_perms("777"), Ok(0o777));
     }
 
     #[test]
