@@ -227,7 +227,7 @@ pub async fn call(svc: Arc<Services>, procedure: i32, body: Bytes) -> Result<Vec
                 return Err(Error::OperationInvalid("domain is not running".into()));
             }
             encode(&NumRet {
-                num: v.vcpus as i32,
+                num: v.max_vcpus as i32,
             })
         }
         DOMAIN_GET_VCPUS_FLAGS => {
@@ -240,9 +240,12 @@ pub async fn call(svc: Arc<Services>, procedure: i32, body: Bytes) -> Result<Vec
                     function: "virDomainGetVcpusFlags",
                 });
             }
-            encode(&NumRet {
-                num: v.vcpus as i32,
-            })
+            let num = if args.flags & VCPU_MAXIMUM != 0 {
+                v.max_vcpus
+            } else {
+                v.vcpus
+            };
+            encode(&NumRet { num: num as i32 })
         }
         DOMAIN_HAS_MANAGED_SAVE_IMAGE => {
             let args: DomainFlagsArgs = decode(&body)?;

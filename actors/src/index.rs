@@ -85,7 +85,10 @@ pub struct DomainView {
     pub updated: bool,
     pub max_mem_kib: u64,
     pub memory_kib: u64,
+    /// vCPUs online now.
     pub vcpus: u32,
+    /// vCPUs the domain may have (`<vcpu>`).
+    pub max_vcpus: u32,
     pub os_type: String,
     /// QEMU's pid while running, for CPU time.
     pub pid: Option<i32>,
@@ -288,6 +291,7 @@ mod tests {
             max_mem_kib: 1024,
             memory_kib: 1024,
             vcpus: 1,
+            max_vcpus: 1,
             os_type: "hvm".into(),
             pid: None,
             xml: Arc::from("<domain/>"),

@@ -37,11 +37,6 @@ impl Listeners {
     }
 }
 
-fn parse_mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("invalid socket mode '{text}'"))
-}
-
 /// Binds a UNIX socket, refusing to steal one a live daemon still serves.
 async fn bind_unix(path: &Path, mode: &str) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
@@ -59,7 +54,7 @@ async fn bind_unix(path: &Path, mode: &str) -> Result<UnixListener, String> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    let mode = parse_mode(mode)?;
+    let mode = qemud_config::settings::parse_perms(mode)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot set mode of {}: {e}", path.display()))?;
     Ok(listener)

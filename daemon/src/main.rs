@@ -100,6 +100,11 @@ fn main() {
         }
     };
     apply(&args, &mut settings);
+    // Flags can change what the file said; check the result once more.
+    if let Err(e) = settings.validate() {
+        error!("invalid settings: {e}");
+        std::process::exit(1);
+    }
     let settings = Arc::new(settings);
 
     let system = actix_rt::System::new();

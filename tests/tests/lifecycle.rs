@@ -277,3 +277,27 @@ fn create_xml_of_a_defined_domain_runs_the_given_definition() {
     );
     assert!(info.stdout.contains("Persistent:     yes"));
 }
+
+#[test]
+fn current_and_maximum_vcpus() {
+    let d = Daemon::start();
+    let xml = tiny_xml("cpus").replace("<memory", "<vcpu current='1'>2</vcpu><memory");
+    let r = python(
+        &d.uri(),
+        &format!(
+            r#"
+import os, libvirt
+c = libvirt.open(os.environ["QEMUD_URI"])
+d = c.defineXML("""{xml}""")
+assert d.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM) == 2
+assert d.vcpusFlags(0) == 1
+d.create()
+assert d.info()[3] == 1, d.info()
+assert d.maxVcpus() == 2
+d.destroy()
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(r.ok().trim(), "ok", "{}", r.stderr);
+}
