@@ -709,14 +709,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts a daemon with a settings file holding `toml`.
+/// Starts a daemon with a settings file holding `toml` (kept in the
+/// daemon's own directory, so nothing outlives the test).
 pub fn daemon_with_settings(toml: &str) -> Daemon {
-    let cfg = tempfile::Builder::new()
-        .prefix("qdcfg")
-        .suffix(".toml")
-        .tempfile_in("/tmp")
-        .unwrap();
-    std::fs::write(cfg.path(), toml).unwrap();
-    let (_, path) = cfg.keep().unwrap();
-    Daemon::start_with(&["--config", path.to_str().unwrap()])
+    let dir = tempfile::Builder::new()
+        .prefix("qd")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let cfg = dir.path().join("qemud.toml");
+    std::fs::write(&cfg, toml).expect("write settings");
+    let mut d = Daemon {
+        dir,
+        child: None,
+        extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+    };
+    d.spawn();
+    d
 }

@@ -122,6 +122,7 @@ fn tcp_only_when_enabled() {
     {
         // Enabled without auth_tcp = "none": the daemon refuses to start.
         let cfg = format!("listen_tcp = true\ntcp_addr = \"{addr}\"\n");
+        let scratch = tempfile::tempdir().unwrap();
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), cfg).unwrap();
         let out = Command::new(binary("qemud"))
@@ -129,9 +130,9 @@ fn tcp_only_when_enabled() {
                 "--config",
                 file.path().to_str().unwrap(),
                 "--run-dir",
-                "/tmp/qd-notcp/run",
+                scratch.path().join("run").to_str().unwrap(),
                 "--state-dir",
-                "/tmp/qd-notcp/state",
+                scratch.path().join("state").to_str().unwrap(),
             ])
             .output()
             .unwrap();
