@@ -726,3 +726,71 @@ pub fn daemon_with_settings(toml: &str) -> Daemon {
     d.spawn();
     d
 }
+
+/// The REMOTE program number, for tests that speak raw frames.
+pub const REMOTE_PROGRAM: u32 = 0x2000_8086;
+/// The KEEPALIVE program number.
+pub const KEEPALIVE_PROGRAM: u32 = 0x6b65_6570;
+
+/// A CALL frame built by hand, so tests do not trust the codec they test.
+pub fn call_frame(program: u32, procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(28 + body.len());
+    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
+    // program, version 1, procedure, type CALL, serial, status OK
+    for w in [program, 1, procedure as u32, 0, serial, 0] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// One frame read off a raw socket.
+#[derive(Debug)]
+pub struct RawPacket {
+    pub program: u32,
+    pub procedure: i32,
+    pub kind: i32,
+    pub serial: u32,
+    pub status: i32,
+    pub body: Vec<u8>,
+}
+
+/// Reads one frame, or `None` once the peer closes (or the read times out).
+pub fn try_read_packet(s: &mut impl std::io::Read) -> Option<RawPacket> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    assert!(len >= 28, "frame length {len} is shorter than a header");
+    let mut rest = vec![0u8; len - 4];
+    s.read_exact(&mut rest).ok()?;
+    let word = |i: usize| u32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+    Some(RawPacket {
+        program: word(0),
+        procedure: word(8) as i32,
+        kind: word(12) as i32,
+        serial: word(16),
+        status: word(20) as i32,
+        body: rest[24..].to_vec(),
+    })
+}
+
+/// Reads one frame; the peer must not have closed.
+#[track_caller]
+pub fn read_packet(s: &mut impl std::io::Read) -> RawPacket {
+    try_read_packet(s).expect("connection closed or timed out")
+}
+
+impl Daemon {
+    /// The pid of the QEMU running domain `name` (from QEMU's pid file).
+    pub fn qemu_pid(&self, name: &str) -> i32 {
+        let uuid = virsh(&self.uri(), &["domuuid", name])
+            .ok()
+            .trim()
+            .to_owned();
+        std::fs::read_to_string(self.run_dir().join("pid").join(format!("{uuid}.pid")))
+            .expect("QEMU pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use qemud_tests::*;
 
-const REMOTE: u32 = 0x2000_8086;
+const REMOTE: u32 = REMOTE_PROGRAM;
 
 fn connect(d: &Daemon) -> UnixStream {
     let s = UnixStream::connect(d.socket()).unwrap();
@@ -15,40 +15,10 @@ fn connect(d: &Daemon) -> UnixStream {
     s
 }
 
-fn frame(program: u32, procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
-    v.extend_from_slice(&program.to_be_bytes());
-    v.extend_from_slice(&1u32.to_be_bytes());
-    v.extend_from_slice(&procedure.to_be_bytes());
-    v.extend_from_slice(&0i32.to_be_bytes()); // CALL
-    v.extend_from_slice(&serial.to_be_bytes());
-    v.extend_from_slice(&0i32.to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-/// Reads one packet: (procedure, type, serial, status, body).
-fn read_packet(s: &mut UnixStream) -> (i32, i32, u32, i32, Vec<u8>) {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let len = u32::from_be_bytes(len) as usize;
-    let mut rest = vec![0u8; len - 4];
-    s.read_exact(&mut rest).unwrap();
-    let word = |i: usize| u32::from_be_bytes(rest[i..i + 4].try_into().unwrap());
-    (
-        word(8) as i32,
-        word(12) as i32,
-        word(16),
-        word(20) as i32,
-        rest[24..].to_vec(),
-    )
-}
-
 /// Reads one reply: (procedure, serial, status, body).
 fn read_reply(s: &mut UnixStream) -> (i32, u32, i32, Vec<u8>) {
-    let (procedure, _, serial, status, body) = read_packet(s);
-    (procedure, serial, status, body)
+    let p = read_packet(s);
+    (p.procedure, p.serial, p.status, p.body)
 }
 
 /// Error code of a `remote_error` body.
@@ -58,7 +28,7 @@ fn error_code(body: &[u8]) -> i32 {
 
 fn open(s: &mut UnixStream) {
     // CONNECT_OPEN with name NULL, flags 0.
-    s.write_all(&frame(REMOTE, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+    s.write_all(&call_frame(REMOTE, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
         .unwrap();
     let (_, serial, status, _) = read_reply(s);
     assert_eq!((serial, status), (1, 0));
@@ -78,12 +48,12 @@ fn unknown_procedure_gets_no_support_and_connection_stays() {
     let d = Daemon::start();
     let mut s = connect(&d);
     open(&mut s);
-    s.write_all(&frame(REMOTE, 9999, 7, &[])).unwrap();
+    s.write_all(&call_frame(REMOTE, 9999, 7, &[])).unwrap();
     let (proc_, serial, status, body) = read_reply(&mut s);
     assert_eq!((proc_, serial, status), (9999, 7, 1));
     assert_eq!(error_code(&body), 3, "VIR_ERR_NO_SUPPORT");
     // Same connection still works: CONNECT_GET_LIB_VERSION.
-    s.write_all(&frame(REMOTE, 157, 8, &[])).unwrap();
+    s.write_all(&call_frame(REMOTE, 157, 8, &[])).unwrap();
     let (_, serial, status, body) = read_reply(&mut s);
     assert_eq!((serial, status), (8, 0));
     assert_eq!(body, 9_000_000u64.to_be_bytes());
@@ -93,7 +63,7 @@ fn unknown_procedure_gets_no_support_and_connection_stays() {
 fn unknown_program_gets_error_reply() {
     let d = Daemon::start();
     let mut s = connect(&d);
-    s.write_all(&frame(0x1234_5678, 1, 3, &[])).unwrap();
+    s.write_all(&call_frame(0x1234_5678, 1, 3, &[])).unwrap();
     let (_, serial, status, body) = read_reply(&mut s);
     assert_eq!((serial, status), (3, 1));
     assert_eq!(error_code(&body), 39, "VIR_ERR_RPC");
@@ -105,7 +75,7 @@ fn second_open_is_refused() {
     let d = Daemon::start();
     let mut s = connect(&d);
     open(&mut s);
-    s.write_all(&frame(REMOTE, 1, 2, &[0, 0, 0, 0, 0, 0, 0, 0]))
+    s.write_all(&call_frame(REMOTE, 1, 2, &[0, 0, 0, 0, 0, 0, 0, 0]))
         .unwrap();
     let (_, serial, status, body) = read_reply(&mut s);
     assert_eq!((serial, status), (2, 1));
@@ -120,7 +90,7 @@ fn second_open_is_refused() {
 fn calls_before_open_are_refused() {
     let d = Daemon::start();
     let mut s = connect(&d);
-    s.write_all(&frame(REMOTE, 273, 2, &[0, 0, 0, 1, 0, 0, 0, 0]))
+    s.write_all(&call_frame(REMOTE, 273, 2, &[0, 0, 0, 1, 0, 0, 0, 0]))
         .unwrap();
     let (_, _, status, body) = read_reply(&mut s);
     assert_eq!(status, 1);
@@ -137,7 +107,7 @@ fn huge_string_length_is_a_decode_error_not_an_allocation() {
     let mut s = connect(&d);
     open(&mut s);
     // DOMAIN_LOOKUP_BY_NAME with a string claiming 4 GiB.
-    s.write_all(&frame(
+    s.write_all(&call_frame(
         REMOTE,
         23,
         5,
@@ -148,7 +118,7 @@ fn huge_string_length_is_a_decode_error_not_an_allocation() {
     assert_eq!((serial, status), (5, 1));
     assert_eq!(error_code(&body), 39, "VIR_ERR_RPC");
     // A string longer than the message, too.
-    s.write_all(&frame(REMOTE, 23, 6, &[0, 0, 1, 0, b'a', b'b', 0, 0]))
+    s.write_all(&call_frame(REMOTE, 23, 6, &[0, 0, 1, 0, b'a', b'b', 0, 0]))
         .unwrap();
     let (_, serial, status, _) = read_reply(&mut s);
     assert_eq!((serial, status), (6, 1));
@@ -169,7 +139,7 @@ fn bad_lengths_close_only_that_connection() {
     // Truncated frame then hang-up.
     {
         let mut s = connect(&d);
-        let f = frame(REMOTE, 157, 1, &[]);
+        let f = call_frame(REMOTE, 157, 1, &[]);
         s.write_all(&f[..10]).unwrap();
     }
     // The daemon's memory stayed small after a 4 GiB length claim.
@@ -192,7 +162,9 @@ fn bad_lengths_close_only_that_connection() {
         .unwrap();
     assert!(rss_kib < 200 * 1024, "daemon RSS {rss_kib} KiB");
     // The bystander is unaffected.
-    bystander.write_all(&frame(REMOTE, 157, 9, &[])).unwrap();
+    bystander
+        .write_all(&call_frame(REMOTE, 157, 9, &[]))
+        .unwrap();
     let (_, serial, status, _) = read_reply(&mut bystander);
     assert_eq!((serial, status), (9, 0));
     still_serving(&d);
@@ -202,7 +174,7 @@ fn bad_lengths_close_only_that_connection() {
 fn keepalive_ping_gets_pong() {
     let d = Daemon::start();
     let mut s = connect(&d);
-    let mut ping = frame(0x6b65_6570, 1, 0, &[]);
+    let mut ping = call_frame(KEEPALIVE_PROGRAM, 1, 0, &[]);
     ping[16..20].copy_from_slice(&2i32.to_be_bytes()); // MESSAGE
     s.write_all(&ping).unwrap();
     let (proc_, serial, status, body) = read_reply(&mut s);
@@ -213,9 +185,9 @@ fn keepalive_ping_gets_pong() {
 /// Reads packets until the reply with `serial`, skipping event messages.
 fn read_reply_for(s: &mut UnixStream, serial: u32) -> (i32, i32) {
     loop {
-        let (procedure, kind, got, status, _) = read_packet(s);
-        if kind == 1 && got == serial {
-            return (procedure, status);
+        let p = read_packet(s);
+        if p.kind == 1 && p.serial == serial {
+            return (p.procedure, p.status);
         }
     }
 }
@@ -246,7 +218,7 @@ fn random_bodies_for_every_procedure() {
                 body[..4].copy_from_slice(&((next() % 40) as u32).to_be_bytes());
             }
             serial += 1;
-            s.write_all(&frame(REMOTE, procedure, serial, &body))
+            s.write_all(&call_frame(REMOTE, procedure, serial, &body))
                 .unwrap();
             let (p, _status) = read_reply_for(&mut s, serial);
             assert_eq!(p, procedure);

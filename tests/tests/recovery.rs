@@ -53,20 +53,7 @@ fn qemu_killed_becomes_crashed() {
     virsh(&uri, &["define", y.to_str().unwrap()]).ok();
     virsh(&uri, &["start", "victim"]).ok();
     virsh(&uri, &["start", "other"]).ok();
-    let xml = virsh(&uri, &["dumpxml", "victim"]).ok().to_owned();
-    let uuid = xml
-        .split("<uuid>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let pid: i32 = std::fs::read_to_string(d.run_dir().join("pid").join(format!("{uuid}.pid")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = d.qemu_pid("victim");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -214,8 +214,9 @@ fn max_clients_plus_one_is_refused_cleanly() {
     // The others keep working: open + get lib version on each.
     for s in held.iter_mut() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(&call(1, 1, &[0, 0, 0, 0, 0, 0, 0, 0])).unwrap();
-        assert_eq!(reply_status(s), 0);
+        s.write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+            .unwrap();
+        assert_eq!(read_packet(s).status, 0);
     }
     assert!(d.log().contains("too many active clients"));
     // A place frees up when a client leaves.
@@ -224,49 +225,20 @@ fn max_clients_plus_one_is_refused_cleanly() {
     virsh(&d.uri(), &["list"]).ok();
 }
 
-fn call(procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
-    for w in [0x2000_8086u32, 1, procedure as u32, 0, serial, 0] {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v.extend_from_slice(body);
-    v
-}
-
-fn reply_status(s: &mut UnixStream) -> i32 {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-    s.read_exact(&mut rest).unwrap();
-    i32::from_be_bytes(rest[20..24].try_into().unwrap())
-}
-
 #[test]
 fn silent_client_is_dropped_after_keepalive() {
     let d = daemon_with_settings("keepalive_interval = 1\nkeepalive_count = 2\n");
     let mut s = UnixStream::connect(d.socket()).unwrap();
-    s.write_all(&call(1, 1, &[0, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+    s.write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    assert_eq!(reply_status(&mut s), 0);
+    assert_eq!(read_packet(&mut s).status, 0);
     // Read (and ignore) pings until the daemon hangs up.
     let start = Instant::now();
     let mut pings = 0;
-    loop {
-        let mut len = [0u8; 4];
-        match s.read_exact(&mut len) {
-            Ok(()) => {
-                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-                s.read_exact(&mut rest).unwrap();
-                assert_eq!(
-                    &rest[0..4],
-                    &0x6b65_6570u32.to_be_bytes(),
-                    "expected a keepalive PING"
-                );
-                pings += 1;
-            }
-            Err(_) => break,
-        }
+    while let Some(p) = try_read_packet(&mut s) {
+        assert_eq!(p.program, KEEPALIVE_PROGRAM, "expected a keepalive PING");
+        pings += 1;
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "client never dropped"

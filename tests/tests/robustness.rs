@@ -10,24 +10,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use qemud_tests::*;
 
-fn qemu_pid(d: &Daemon, name: &str) -> Pid {
-    let xml = virsh(&d.uri(), &["dumpxml", name]).ok().to_owned();
-    let uuid = xml
-        .split("<uuid>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let pid: i32 = std::fs::read_to_string(d.run_dir().join("pid").join(format!("{uuid}.pid")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    Pid::from_raw(pid)
-}
-
 #[test]
 fn stuck_vm_fails_only_its_own_calls() {
     let d = daemon_with_settings("qmp_timeout_ms = 1500\n");
@@ -37,7 +19,7 @@ fn stuck_vm_fails_only_its_own_calls() {
         virsh(&uri, &["define", x.to_str().unwrap()]).ok();
         virsh(&uri, &["start", n]).ok();
     }
-    let pid = qemu_pid(&d, "stuck");
+    let pid = Pid::from_raw(d.qemu_pid("stuck"));
     kill(pid, Signal::SIGSTOP).unwrap();
 
     // The stuck VM's call runs into its deadline...
@@ -69,27 +51,22 @@ fn stuck_vm_fails_only_its_own_calls() {
     virsh(&uri, &["destroy", "fine"]).ok();
 }
 
-fn frame(procedure: i32, serial: u32, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((28 + body.len()) as u32).to_be_bytes());
-    for w in [0x2000_8086u32, 1, procedure as u32, 0, serial, 0] {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v.extend_from_slice(body);
-    v
-}
-
 #[test]
 fn client_that_stops_reading_events_is_dropped() {
     let d = daemon_with_settings("max_queued_messages = 8\n");
     let uri = d.uri();
     // A subscriber that registers and then never reads again.
     let mut lazy = UnixStream::connect(d.socket()).unwrap();
-    lazy.write_all(&frame(1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+    lazy.write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
         .unwrap();
     // CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY: lifecycle, all domains.
-    lazy.write_all(&frame(316, 2, &[0, 0, 0, 0, 0, 0, 0, 0]))
-        .unwrap();
+    lazy.write_all(&call_frame(
+        REMOTE_PROGRAM,
+        316,
+        2,
+        &[0, 0, 0, 0, 0, 0, 0, 0],
+    ))
+    .unwrap();
     // A well-behaved subscriber.
     let mut w =
         Watcher::spawn(Command::new("virsh").args(["-c", &uri, "event", "--all", "--loop"]));
