@@ -794,3 +794,64 @@ impl Daemon {
             .expect("pid")
     }
 }
+
+/// Runs the built qemuctl against `uri` with a deadline.
+pub fn qemuctl(uri: &str, args: &[&str]) -> Run {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(binary("qemuctl"))
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("run qemuctl");
+    Run::from(out)
+}
+
+/// The qemuctl lifecycle every transport must carry.
+pub fn qemuctl_lifecycle(uri: &str, dir: &std::path::Path, name: &str) {
+    let x = write_xml(dir, name, &tiny_xml(name));
+    let out = qemuctl(uri, &["define", x.to_str().unwrap()]);
+    assert!(
+        out.ok().contains(&format!("Domain '{name}' defined")),
+        "{}",
+        out.stdout
+    );
+    assert!(squash(qemuctl(uri, &["list", "--all"]).ok()).contains(&format!("- {name} shut off")));
+    qemuctl(uri, &["start", name]).ok();
+    let list = squash(qemuctl(uri, &["list"]).ok());
+    assert!(list.contains(&format!("{name} running")), "{list}");
+    let info = qemuctl(uri, &["dominfo", name]);
+    assert!(
+        info.ok().contains("State:          running"),
+        "{}",
+        info.stdout
+    );
+    assert_eq!(
+        qemuctl(uri, &["domstate", "--reason", name]).ok().trim(),
+        "running (booted)"
+    );
+    qemuctl(uri, &["suspend", name]).ok();
+    assert_eq!(qemuctl(uri, &["domstate", name]).ok().trim(), "paused");
+    qemuctl(uri, &["resume", name]).ok();
+    qemuctl(uri, &["reset", name]).ok();
+    assert!(qemuctl(uri, &["dumpxml", name]).ok().contains("id='"));
+    let j = qemuctl(uri, &["--json", "dominfo", name]);
+    let v: serde_json::Value = serde_json::from_str(j.ok()).expect("json");
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["persistent"], true);
+    qemuctl(uri, &["autostart", name]).ok();
+    qemuctl(uri, &["autostart", "--disable", name]).ok();
+    qemuctl(uri, &["destroy", name]).ok();
+    assert_eq!(
+        qemuctl(uri, &["domstate", "--reason", name]).ok().trim(),
+        "shut off (destroyed)"
+    );
+    qemuctl(uri, &["undefine", name]).ok();
+    let err = qemuctl(uri, &["dominfo", name]);
+    let msg = err.fails();
+    assert!(
+        msg.contains("Domain not found") && msg.contains("VIR_ERR_NO_DOMAIN"),
+        "{msg}"
+    );
+}

@@ -78,34 +78,9 @@ fn qemuctl_lifecycle_over_tls() {
     let port = free_port();
     let d = daemon_with_settings(&pki.settings(&format!("127.0.0.1:{port}")));
     let uri = tls_uri(port, &pki.client_dir("client"));
-    let run = |args: &[&str]| {
-        let out = Command::new(binary("qemuctl"))
-            .arg("-c")
-            .arg(&uri)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let x = write_xml(d.dir.path(), "t", &tiny_xml("t"));
-    run(&["define", x.to_str().unwrap()]);
-    run(&["start", "t"]);
-    assert_eq!(run(&["domstate", "t"]).trim(), "running");
-    run(&["destroy", "t"]);
-    run(&["undefine", "t"]);
+    qemuctl_lifecycle(&uri, d.dir.path(), "t");
     let stranger = tls_uri(port, &pki.client_dir("stranger"));
-    let out = Command::new(binary("qemuctl"))
-        .arg("-c")
-        .arg(&stranger)
-        .arg("list")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    qemuctl(&stranger, &["list"]).fails();
 }
 
 #[test]
