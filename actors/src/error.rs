@@ -36,6 +36,40 @@ pub enum Error {
     NotOpen,
     #[error("{0}")]
     Rpc(String),
+    #[error("Network not found: {0}")]
+    NoNetwork(String),
+    #[error("Storage pool not found: {0}")]
+    NoStoragePool(String),
+    #[error("Storage volume not found: {0}")]
+    NoStorageVol(String),
+    #[error("Node device not found: {0}")]
+    NoNodeDevice(String),
+    #[error("Secret not found: {0}")]
+    NoSecret(String),
+    #[error("Interface not found: {0}")]
+    NoInterface(String),
+    #[error("Network filter not found: {0}")]
+    NoNwfilter(String),
+    #[error("Domain snapshot not found: {0}")]
+    NoDomainSnapshot(String),
+    #[error("argument unsupported: {0}")]
+    ArgumentUnsupported(String),
+    #[error("Operation not supported: {0}")]
+    OperationUnsupported(String),
+    #[error("Guest agent is not responding: {0}")]
+    AgentUnresponsive(String),
+    #[error("resource busy: {0}")]
+    ResourceBusy(String),
+    #[error("operation aborted: {0}")]
+    OperationAborted(String),
+    /// Any other libvirt error, when a driver needs an exact code and domain;
+    /// `message` is the whole text the client prints.
+    #[error("{message}")]
+    Other {
+        code: ErrorCode,
+        domain: ErrorDomain,
+        message: String,
+    },
 }
 
 impl Error {
@@ -55,6 +89,20 @@ impl Error {
             Error::Internal(_) | Error::NotOpen => ErrorCode::InternalError,
             Error::System(_) => ErrorCode::SystemError,
             Error::Rpc(_) => ErrorCode::Rpc,
+            Error::NoNetwork(_) => ErrorCode::NoNetwork,
+            Error::NoStoragePool(_) => ErrorCode::NoStoragePool,
+            Error::NoStorageVol(_) => ErrorCode::NoStorageVol,
+            Error::NoNodeDevice(_) => ErrorCode::NoNodeDevice,
+            Error::NoSecret(_) => ErrorCode::NoSecret,
+            Error::NoInterface(_) => ErrorCode::NoInterface,
+            Error::NoNwfilter(_) => ErrorCode::NoNwfilter,
+            Error::NoDomainSnapshot(_) => ErrorCode::NoDomainSnapshot,
+            Error::ArgumentUnsupported(_) => ErrorCode::ArgumentUnsupported,
+            Error::OperationUnsupported(_) => ErrorCode::OperationUnsupported,
+            Error::AgentUnresponsive(_) => ErrorCode::AgentUnresponsive,
+            Error::ResourceBusy(_) => ErrorCode::ResourceBusy,
+            Error::OperationAborted(_) => ErrorCode::OperationAborted,
+            Error::Other { code, .. } => *code,
         }
     }
 
@@ -67,6 +115,15 @@ impl Error {
             | Error::Timeout(_) => ErrorDomain::Qemu,
             Error::Xml(_) | Error::ConfigUnsupported(_) => ErrorDomain::Domain,
             Error::OperationDenied(_) | Error::NotOpen | Error::Rpc(_) => ErrorDomain::Remote,
+            Error::NoNetwork(_) => ErrorDomain::Network,
+            Error::NoStoragePool(_) | Error::NoStorageVol(_) => ErrorDomain::Storage,
+            Error::NoNodeDevice(_) => ErrorDomain::Nodedev,
+            Error::NoSecret(_) => ErrorDomain::Secret,
+            Error::NoInterface(_) => ErrorDomain::Interface,
+            Error::NoNwfilter(_) => ErrorDomain::Nwfilter,
+            Error::NoDomainSnapshot(_) => ErrorDomain::DomainSnapshot,
+            Error::AgentUnresponsive(_) => ErrorDomain::Qemu,
+            Error::Other { domain, .. } => *domain,
             _ => ErrorDomain::Remote,
         }
     }

@@ -1,22 +1,28 @@
-//! The actors of qemud and what they share.
+//! The daemon's behaviour, one folder per driver. Each folder declares its
+//! procedures as rows of the table in [`rpc::table`]:
 //!
-//! - [`connection::Connection`]: one per client; framing, dispatch, events.
-//! - [`registry::Registry`]: owns all domains, persistence and transitions.
-//! - [`qemu::QemuVm`]: one per running QEMU, driven over [`qmp`].
-//! - [`events::EventBus`]: fans domain events out to subscribed clients.
+//! - [`rpc`]: the connection actor, the procedure table, connection-state
+//!   procedures (open, auth, features, event callbacks).
+//! - [`host`]: capabilities, node information and statistics.
+//! - [`domain`]: the registry, one actor per QEMU, QMP, command lines, storage
+//!   of definitions.
+//! - [`network`], [`storage`], [`secret`], [`nodedev`], [`interface`],
+//!   [`nwfilter`]: the other object kinds.
+//! - [`qemu_program`]: the QEMU program (monitor and agent passthrough).
+//! - [`events`]: the bus that fans events out to subscribed connections.
 
-pub mod connection;
-pub mod dispatch;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod host;
-pub mod index;
-pub mod procedures;
-pub mod qemu;
-pub mod qemu_cmdline;
-pub mod qmp;
-pub mod registry;
-pub mod store;
+pub mod interface;
+pub mod network;
+pub mod nodedev;
+pub mod nwfilter;
+pub mod qemu_program;
+pub mod rpc;
+pub mod secret;
+pub mod storage;
 
 use std::sync::Arc;
 
@@ -28,8 +34,8 @@ pub use error::{Error, Result};
 pub struct Services {
     pub settings: Arc<qemud_config::settings::Settings>,
     pub host: Arc<host::HostInfo>,
-    pub index: Arc<index::DomainIndex>,
-    pub registry: Addr<registry::Registry>,
+    pub index: Arc<domain::index::DomainIndex>,
+    pub registry: Addr<domain::registry::Registry>,
     pub events: Addr<events::EventBus>,
     /// The driver URI clients get from `virConnectGetURI`.
     pub uri: String,

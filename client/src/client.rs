@@ -17,6 +17,15 @@ use tokio_util::codec::Framed;
 use qemud_protocol::header::{MessageStatus, MessageType};
 use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::*;
+
+// Shapes many procedures share on the wire; each is one procedure's own
+// generated type, used for all procedures of that shape.
+/// `{ dom }`.
+type DomainArgs = DomainCreateArgs;
+/// `{ dom, flags }`.
+type DomainFlagsArgs = DomainGetStateArgs;
+/// `{ dom }` as a reply.
+type DomainRet = DomainLookupByNameRet;
 use qemud_protocol::uri::ConnectUri;
 use qemud_protocol::xdr::{self, Uuid16, XdrString};
 use qemud_protocol::{keepalive, program, Header, Packet, RemoteError, RpcCodec};
@@ -204,21 +213,21 @@ impl Client {
 
     pub async fn lib_version(&self) -> Result<u64> {
         Ok(self
-            .call::<_, GetLibVersionRet>(CONNECT_GET_LIB_VERSION, &())
+            .call::<_, ConnectGetLibVersionRet>(CONNECT_GET_LIB_VERSION, &())
             .await?
             .lib_ver)
     }
 
     pub async fn hv_version(&self) -> Result<u64> {
         Ok(self
-            .call::<_, GetVersionRet>(CONNECT_GET_VERSION, &())
+            .call::<_, ConnectGetVersionRet>(CONNECT_GET_VERSION, &())
             .await?
             .hv_ver)
     }
 
     pub async fn hv_type(&self) -> Result<String> {
         Ok(self
-            .call::<_, GetTypeRet>(CONNECT_GET_TYPE, &())
+            .call::<_, ConnectGetTypeRet>(CONNECT_GET_TYPE, &())
             .await?
             .type_
             .0)
@@ -226,14 +235,18 @@ impl Client {
 
     pub async fn hostname(&self) -> Result<String> {
         Ok(self
-            .call::<_, GetHostnameRet>(CONNECT_GET_HOSTNAME, &())
+            .call::<_, ConnectGetHostnameRet>(CONNECT_GET_HOSTNAME, &())
             .await?
             .hostname
             .0)
     }
 
     pub async fn uri(&self) -> Result<String> {
-        Ok(self.call::<_, GetUriRet>(CONNECT_GET_URI, &()).await?.uri.0)
+        Ok(self
+            .call::<_, ConnectGetUriRet>(CONNECT_GET_URI, &())
+            .await?
+            .uri
+            .0)
     }
 
     pub async fn node_info(&self) -> Result<NodeGetInfoRet> {
@@ -242,7 +255,7 @@ impl Client {
 
     pub async fn capabilities(&self) -> Result<String> {
         Ok(self
-            .call::<_, GetCapabilitiesRet>(CONNECT_GET_CAPABILITIES, &())
+            .call::<_, ConnectGetCapabilitiesRet>(CONNECT_GET_CAPABILITIES, &())
             .await?
             .capabilities
             .0)

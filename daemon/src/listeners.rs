@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
-use qemud_actors::connection::{ClientSlot, Connection, PeerInfo};
+use qemud_actors::rpc::connection::{ClientSlot, Connection, PeerInfo};
 use qemud_actors::Services;
 
 use crate::tls;

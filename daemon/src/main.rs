@@ -13,11 +13,11 @@ use clap::Parser;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+use qemud_actors::domain::index::DomainIndex;
+use qemud_actors::domain::registry::Registry;
+use qemud_actors::domain::store::Store;
 use qemud_actors::events::EventBus;
 use qemud_actors::host::HostInfo;
-use qemud_actors::index::DomainIndex;
-use qemud_actors::registry::Registry;
-use qemud_actors::store::Store;
 use qemud_actors::Services;
 use qemud_config::settings::{Mode, Settings};
 

@@ -8,6 +8,8 @@ pub mod codec;
 pub mod error;
 pub mod header;
 pub mod keepalive;
+pub mod procinfo;
+pub mod qemu;
 pub mod remote;
 pub mod uri;
 pub mod xdr;

@@ -28,13 +28,13 @@ fn try_decode<T: DeserializeOwned>(bytes: &[u8]) {
 /// Every argument (and message) type a peer can send us.
 fn decode_all(bytes: &[u8]) {
     try_decode::<ConnectOpenArgs>(bytes);
-    try_decode::<SupportsFeatureArgs>(bytes);
-    try_decode::<GetMaxVcpusArgs>(bytes);
+    try_decode::<ConnectSupportsFeatureArgs>(bytes);
+    try_decode::<ConnectGetMaxVcpusArgs>(bytes);
     try_decode::<ConnectListAllDomainsArgs>(bytes);
     try_decode::<ConnectListDomainsArgs>(bytes);
     try_decode::<ConnectListDefinedDomainsArgs>(bytes);
-    try_decode::<DomainArgs>(bytes);
-    try_decode::<DomainFlagsArgs>(bytes);
+    try_decode::<DomainCreateArgs>(bytes);
+    try_decode::<DomainGetStateArgs>(bytes);
     try_decode::<DomainLookupByNameArgs>(bytes);
     try_decode::<DomainLookupByUuidArgs>(bytes);
     try_decode::<DomainLookupByIdArgs>(bytes);
@@ -116,7 +116,7 @@ proptest! {
 
     #[test]
     fn arguments_roundtrip(dom in domain(), xml in ".{0,200}", flags in any::<u32>(), id in any::<i32>()) {
-        roundtrip(&DomainFlagsArgs { dom: dom.clone(), flags });
+        roundtrip(&DomainGetStateArgs { dom: dom.clone(), flags });
         roundtrip(&DomainDefineXmlFlagsArgs { xml: XdrString(xml.clone()), flags });
         roundtrip(&DomainCreateXmlArgs { xml_desc: XdrString(xml), flags });
         roundtrip(&DomainLookupByIdArgs { id });

@@ -44,13 +44,20 @@ fn still_serving(d: &Daemon) {
 }
 
 #[test]
-fn unknown_procedure_gets_no_support_and_connection_stays() {
+fn unknown_procedure_gets_an_error_and_connection_stays() {
     let d = Daemon::start();
     let mut s = connect(&d);
     open(&mut s);
+    // Not a libvirt procedure at all: libvirt's "unknown procedure".
     s.write_all(&call_frame(REMOTE, 9999, 7, &[])).unwrap();
     let (proc_, serial, status, body) = read_reply(&mut s);
     assert_eq!((proc_, serial, status), (9999, 7, 1));
+    assert_eq!(error_code(&body), 39, "VIR_ERR_RPC");
+    // A libvirt procedure qemud does not implement (SEV launch security):
+    // what a driver without it answers.
+    s.write_all(&call_frame(REMOTE, 396, 9, &[])).unwrap();
+    let (proc_, serial, status, body) = read_reply(&mut s);
+    assert_eq!((proc_, serial, status), (396, 9, 1));
     assert_eq!(error_code(&body), 3, "VIR_ERR_NO_SUPPORT");
     // Same connection still works: CONNECT_GET_LIB_VERSION.
     s.write_all(&call_frame(REMOTE, 157, 8, &[])).unwrap();

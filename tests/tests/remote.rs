@@ -203,10 +203,25 @@ fn max_clients_plus_one_is_refused_cleanly() {
 #[test]
 fn silent_client_is_dropped_after_keepalive() {
     let d = daemon_with_settings("keepalive_interval = 1\nkeepalive_count = 2\n");
-    let mut s = UnixStream::connect(d.socket()).unwrap();
-    s.write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
+    // A client that never asked for keepalive is never pinged nor dropped.
+    let mut quiet = UnixStream::connect(d.socket()).unwrap();
+    quiet
+        .write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
         .unwrap();
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    assert_eq!(read_packet(&mut quiet).status, 0);
+    // This one asks, as libvirt clients do before CONNECT_OPEN:
+    // CONNECT_SUPPORTS_FEATURE(VIR_DRV_FEATURE_PROGRAM_KEEPALIVE = 10).
+    let mut s = UnixStream::connect(d.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(&call_frame(REMOTE_PROGRAM, 60, 1, &[0, 0, 0, 10]))
+        .unwrap();
+    let p = read_packet(&mut s);
+    assert_eq!((p.status, p.body.as_slice()), (0, &[0, 0, 0, 1][..]));
+    s.write_all(&call_frame(REMOTE_PROGRAM, 1, 2, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .unwrap();
     assert_eq!(read_packet(&mut s).status, 0);
     // Read (and ignore) pings until the daemon hangs up.
     let start = Instant::now();
@@ -226,6 +241,16 @@ fn silent_client_is_dropped_after_keepalive() {
         "dropped too early: {waited:?}"
     );
     assert!(d.log().contains("stopped answering keepalives"));
+    // The quiet client, silent all along, is still served.
+    quiet
+        .write_all(&call_frame(REMOTE_PROGRAM, 157, 2, &[]))
+        .unwrap();
+    let p = read_packet(&mut quiet);
+    assert_eq!(
+        p.program, REMOTE_PROGRAM,
+        "no ping for a client that never asked"
+    );
+    assert_eq!(p.status, 0);
     // A client that answers pings stays: virsh idles through several
     // keepalive intervals and still gets the next event.
     let mut w =

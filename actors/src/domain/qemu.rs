@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::domain::qmp::{QmpClient, QmpEvent};
 use crate::error::Error;
-use crate::qmp::{QmpClient, QmpEvent};
 
 /// How long a QEMU gets to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(10);
@@ -306,7 +306,7 @@ impl Handler<QmpCommand> for QemuVm {
             qmp.execute(msg.command, msg.arguments)
                 .await
                 .map_err(|e| match e {
-                    crate::qmp::QmpError::Timeout(c) => {
+                    crate::domain::qmp::QmpError::Timeout(c) => {
                         Error::Timeout(format!("QEMU did not answer '{c}' in time"))
                     }
                     other => Error::OperationFailed(other.to_string()),

@@ -19,18 +19,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
-use uuid::Uuid;
 
 use qemud_protocol::header::{MessageStatus, MessageType};
-use qemud_protocol::remote::procs::*;
-use qemud_protocol::remote::*;
-use qemud_protocol::xdr::{OptString, XdrVec};
+use qemud_protocol::procinfo::ReadOnly;
 use qemud_protocol::{keepalive, program, CodecError, Header, Packet, RpcCodec};
 
-use crate::dispatch::{self, decode, encode};
+use super::table::{self, Access, Call, Handler, TABLE};
+use super::wire::encode;
 use crate::error::{Error, Result};
-use crate::events::{DomainEvent, Subscribe, Unsubscribe};
-use crate::procedures;
+use crate::events::{Event, Family, ObjectKey, Subscribe, Unsubscribe};
 use crate::Services;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -85,19 +82,48 @@ pub struct PeerInfo {
 
 /// One registered event callback.
 #[derive(Clone, Debug)]
-struct Callback {
-    event_id: i32,
-    domain: Option<Uuid>,
-    /// Registered through the legacy (non-callback) procedures.
-    legacy: bool,
+pub struct Callback {
+    pub family: Family,
+    pub event_id: i32,
+    /// Only events about this object, when set.
+    pub object: Option<ObjectKey>,
+    /// Registered through the legacy domain procedures (no callback ID).
+    pub legacy: bool,
+}
+
+impl Callback {
+    pub fn new(family: Family, event_id: i32, object: Option<ObjectKey>) -> Callback {
+        Callback {
+            family,
+            event_id,
+            object,
+            legacy: false,
+        }
+    }
+
+    /// A domain callback registered through the legacy procedures.
+    pub fn legacy(event_id: i32) -> Callback {
+        Callback {
+            family: Family::Domain,
+            event_id,
+            object: None,
+            legacy: true,
+        }
+    }
+
+    fn matches(&self, event: &Event) -> bool {
+        self.family == event.family
+            && self.event_id == event.event_id
+            && self.object.as_ref().is_none_or(|o| *o == event.object)
+    }
 }
 
 pub struct Connection {
-    id: u64,
-    svc: Arc<Services>,
-    peer: PeerInfo,
-    read_only: bool,
-    opened: bool,
+    pub(crate) id: u64,
+    pub(crate) svc: Arc<Services>,
+    pub(crate) peer: PeerInfo,
+    pub(crate) read_only: bool,
+    pub(crate) opened: bool,
     out: mpsc::Sender<Packet>,
     callbacks: HashMap<i32, Callback>,
     next_callback_id: i32,
@@ -105,6 +131,9 @@ pub struct Connection {
     in_flight: usize,
     /// Calls waiting for a free slot (see `max_client_requests`).
     waiting: VecDeque<(Header, Bytes)>,
+    /// The client asked for keepalive (CONNECT_SUPPORTS_FEATURE); only then
+    /// does the daemon ping it and drop it for silence, as libvirtd does.
+    keepalive: bool,
     last_heard: Instant,
     pings_unanswered: u32,
 }
@@ -149,6 +178,7 @@ impl Connection {
                 subscribed: false,
                 in_flight: 0,
                 waiting: VecDeque::new(),
+                keepalive: false,
                 last_heard: Instant::now(),
                 pings_unanswered: 0,
             }
@@ -198,17 +228,15 @@ impl Connection {
                 }
             }
             (_, MessageType::Call) | (_, MessageType::CallWithFds) => {
-                if h.program != program::REMOTE {
+                let version = match h.program {
+                    program::REMOTE => Some(program::REMOTE_VERSION),
+                    program::QEMU => Some(program::QEMU_VERSION),
+                    _ => None,
+                };
+                if version != Some(h.version) {
                     let e = Error::Rpc(format!(
-                        "cannot find program {:#x} version {}",
-                        h.program, h.version
-                    ));
-                    return self.reply(h, Err(e), ctx);
-                }
-                if h.version != program::REMOTE_VERSION {
-                    let e = Error::Rpc(format!(
-                        "program {:#x} version {} is not supported",
-                        h.program, h.version
+                        "Cannot find program {} version {}",
+                        h.program as i32, h.version
                     ));
                     return self.reply(h, Err(e), ctx);
                 }
@@ -226,18 +254,31 @@ impl Connection {
     }
 
     fn on_call(&mut self, h: Header, body: Bytes, ctx: &mut Context<Self>) {
-        let Some(info) = procedures::info(h.procedure) else {
-            let e = Error::NoSupport(format!("unknown procedure: {}", h.procedure));
+        let Some(facts) = table::facts(h.program, h.procedure) else {
+            let e = Error::Rpc(format!("unknown procedure: {}", h.procedure));
             return self.reply(h, Err(e), ctx);
         };
-        if !self.opened && !info.before_open {
+        let row = TABLE.get(h.program, h.procedure);
+        let access = row.map(|r| r.access);
+        if !self.opened && access != Some(Access::BeforeOpen) {
             return self.reply(h, Err(Error::NotOpen), ctx);
         }
-        if info.writes && self.read_only {
-            let e = Error::OperationDenied(format!("read only access prevents {}", info.name));
+        let writes = match access {
+            Some(a) => a == Access::Write,
+            None => facts.read_only == ReadOnly::Always,
+        };
+        if writes && self.read_only {
+            let e = Error::OperationDenied(format!("read only access prevents {}", facts.api));
             return self.reply(h, Err(e), ctx);
         }
-        if let Some(result) = self.connection_call(h.procedure, &body, ctx) {
+        let Some(row) = row else {
+            // A libvirt procedure qemud does not implement: libvirt's answer
+            // from a driver without it.
+            return self.reply(h, Err(Error::NoSupport(facts.api.to_string())), ctx);
+        };
+        if let Handler::Connection(handler) = row.handler {
+            let call = self.call_for(h, body, ctx);
+            let result = handler(self, ctx, call);
             return self.reply(h, result, ctx);
         }
         // Like libvirtd's max_client_requests: at most that many calls of
@@ -258,9 +299,24 @@ impl Connection {
         self.run_call(h, body, ctx);
     }
 
+    fn call_for(&self, header: Header, body: Bytes, ctx: &mut Context<Self>) -> Call {
+        Call {
+            svc: self.svc.clone(),
+            header,
+            body,
+            read_only: self.read_only,
+            conn: ctx.address(),
+            conn_id: self.id,
+        }
+    }
+
     fn run_call(&mut self, h: Header, body: Bytes, ctx: &mut Context<Self>) {
+        let Some(Handler::Async(handler)) = TABLE.get(h.program, h.procedure).map(|r| r.handler)
+        else {
+            return;
+        };
         self.in_flight += 1;
-        let fut = dispatch::call(self.svc.clone(), h.procedure, body);
+        let fut = handler(self.call_for(h, body, ctx));
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight -= 1;
             act.reply(h, result, ctx);
@@ -270,149 +326,11 @@ impl Connection {
         }));
     }
 
-    /// Procedures that read or change this connection's own state. `None`
-    /// means the call is not one of them.
-    fn connection_call(
-        &mut self,
-        procedure: i32,
-        body: &[u8],
-        ctx: &mut Context<Self>,
-    ) -> Option<Result<Vec<u8>>> {
-        Some(match procedure {
-            AUTH_LIST => encode(&AuthListRet {
-                types: XdrVec(vec![AUTH_NONE]),
-            }),
-            CONNECT_OPEN => self.open(body),
-            CONNECT_CLOSE => {
-                self.opened = false;
-                self.drop_callbacks(ctx);
-                Ok(Vec::new())
-            }
-            CONNECT_GET_URI => encode(&GetUriRet {
-                uri: self.svc.uri.clone().into(),
-            }),
-            CONNECT_IS_SECURE => encode(&IsSecureRet {
-                secure: self.peer.secure as i32,
-            }),
-            CONNECT_SUPPORTS_FEATURE => decode::<SupportsFeatureArgs>(body).and_then(|a| {
-                // Only what is implemented: keepalive, server-side event
-                // callbacks and close-callback registration.
-                let supported = matches!(
-                    a.feature,
-                    feature::PROGRAM_KEEPALIVE
-                        | feature::REMOTE_EVENT_CALLBACK
-                        | feature::REMOTE_CLOSE_CALLBACK
-                );
-                encode(&SupportsFeatureRet {
-                    supported: supported as i32,
-                })
-            }),
-            CONNECT_REGISTER_CLOSE_CALLBACK | CONNECT_UNREGISTER_CLOSE_CALLBACK => Ok(Vec::new()),
-            CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY => {
-                decode::<ConnectDomainEventCallbackRegisterAnyArgs>(body).and_then(|a| {
-                    if !(0..event_id::LAST).contains(&a.event_id) {
-                        return Err(Error::InvalidArg(format!(
-                            "unsupported event ID {}",
-                            a.event_id
-                        )));
-                    }
-                    let domain = a.dom.as_ref().map(|d| Uuid::from_bytes(d.uuid.0));
-                    let id = self.add_callback(a.event_id, domain, false, ctx);
-                    encode(&ConnectDomainEventCallbackRegisterAnyRet { callback_id: id })
-                })
-            }
-            CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY => decode::<
-                ConnectDomainEventCallbackDeregisterAnyArgs,
-            >(body)
-            .and_then(|a| match self.callbacks.remove(&a.callback_id) {
-                Some(_) => {
-                    self.maybe_unsubscribe(ctx);
-                    Ok(Vec::new())
-                }
-                None => Err(Error::InvalidArg(format!(
-                    "callback ID {} not registered",
-                    a.callback_id
-                ))),
-            }),
-            CONNECT_DOMAIN_EVENT_REGISTER_ANY => decode::<ConnectDomainEventRegisterAnyArgs>(body)
-                .and_then(|a| {
-                    if !(0..event_id::LAST).contains(&a.event_id) {
-                        return Err(Error::InvalidArg(format!(
-                            "unsupported event ID {}",
-                            a.event_id
-                        )));
-                    }
-                    self.add_callback(a.event_id, None, true, ctx);
-                    Ok(Vec::new())
-                }),
-            CONNECT_DOMAIN_EVENT_DEREGISTER_ANY => {
-                decode::<ConnectDomainEventRegisterAnyArgs>(body).map(|a| {
-                    self.callbacks
-                        .retain(|_, c| !(c.legacy && c.event_id == a.event_id));
-                    self.maybe_unsubscribe(ctx);
-                    Vec::new()
-                })
-            }
-            CONNECT_DOMAIN_EVENT_REGISTER => {
-                self.add_callback(event_id::LIFECYCLE, None, true, ctx);
-                encode(&ConnectDomainEventRegisterRet { cb_registered: 1 })
-            }
-            CONNECT_DOMAIN_EVENT_DEREGISTER => {
-                self.callbacks
-                    .retain(|_, c| !(c.legacy && c.event_id == event_id::LIFECYCLE));
-                self.maybe_unsubscribe(ctx);
-                encode(&ConnectDomainEventRegisterRet { cb_registered: 0 })
-            }
-            _ => return None,
-        })
-    }
-
-    fn open(&mut self, body: &[u8]) -> Result<Vec<u8>> {
-        if self.opened {
-            return Err(Error::Internal("connection already open".into()));
-        }
-        let args: ConnectOpenArgs = decode(body)?;
-        let name: OptString = args.name;
-        if let Some(name) = name.as_ref().map(|n| n.as_str()).filter(|n| !n.is_empty()) {
-            // Only the QEMU driver lives here; other drivers are refused the
-            // way libvirtd refuses a URI no driver accepts.
-            let ok = name.starts_with("qemu:") || name.starts_with("qemu+");
-            if !ok {
-                return Err(Error::Rpc(format!(
-                    "no connection driver available for {name}"
-                )));
-            }
-        }
-        if args.flags & CONNECT_RO != 0 {
-            self.read_only = true;
-        }
-        self.opened = true;
-        info!(
-            conn = self.id,
-            peer = %self.peer.description,
-            read_only = self.read_only,
-            "client opened connection"
-        );
-        Ok(Vec::new())
-    }
-
-    fn add_callback(
-        &mut self,
-        event_id: i32,
-        domain: Option<Uuid>,
-        legacy: bool,
-        ctx: &mut Context<Self>,
-    ) -> i32 {
+    /// Registers an event callback and returns its ID.
+    pub(crate) fn add_callback(&mut self, cb: Callback, ctx: &mut Context<Self>) -> i32 {
         let id = self.next_callback_id;
         self.next_callback_id += 1;
-        self.callbacks.insert(
-            id,
-            Callback {
-                event_id,
-                domain,
-                legacy,
-            },
-        );
+        self.callbacks.insert(id, cb);
         if !self.subscribed {
             self.subscribed = true;
             self.svc.events.do_send(Subscribe {
@@ -423,7 +341,36 @@ impl Connection {
         id
     }
 
-    fn maybe_unsubscribe(&mut self, _ctx: &mut Context<Self>) {
+    /// Removes a callback of one family by ID, with libvirt's error when it
+    /// is not registered (`what`: "domain event", "network event", ...).
+    pub(crate) fn remove_callback(&mut self, family: Family, id: i32, what: &str) -> Result<()> {
+        match self.callbacks.get(&id) {
+            Some(cb) if cb.family == family && !cb.legacy => {
+                self.callbacks.remove(&id);
+                self.maybe_unsubscribe();
+                Ok(())
+            }
+            _ => Err(Error::Internal(format!(
+                "{what} callback {id} not registered"
+            ))),
+        }
+    }
+
+    /// Removes the legacy domain callbacks for one event ID.
+    pub(crate) fn remove_legacy(&mut self, event_id: i32) -> Result<()> {
+        let before = self.callbacks.len();
+        self.callbacks
+            .retain(|_, c| !(c.legacy && c.event_id == event_id));
+        if self.callbacks.len() == before {
+            return Err(Error::Internal(format!(
+                "domain event {event_id} not registered"
+            )));
+        }
+        self.maybe_unsubscribe();
+        Ok(())
+    }
+
+    fn maybe_unsubscribe(&mut self) {
         if self.subscribed && self.callbacks.is_empty() {
             self.subscribed = false;
             self.svc.events.do_send(Unsubscribe {
@@ -432,9 +379,19 @@ impl Connection {
         }
     }
 
-    fn drop_callbacks(&mut self, ctx: &mut Context<Self>) {
+    pub(crate) fn drop_callbacks(&mut self) {
         self.callbacks.clear();
-        self.maybe_unsubscribe(ctx);
+        self.maybe_unsubscribe();
+    }
+
+    /// Starts pinging this client, once it asked for keepalive.
+    pub(crate) fn start_keepalive(&mut self, ctx: &mut Context<Self>) {
+        if self.keepalive || self.svc.settings.keepalive_interval <= 0 {
+            return;
+        }
+        self.keepalive = true;
+        self.last_heard = Instant::now();
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_keepalive(ctx));
     }
 
     fn check_keepalive(&mut self, ctx: &mut Context<Self>) {
@@ -464,11 +421,8 @@ impl Connection {
 impl Actor for Connection {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+    fn started(&mut self, _ctx: &mut Self::Context) {
         info!(conn = self.id, peer = %self.peer.description, "client connected");
-        if self.svc.settings.keepalive_interval > 0 {
-            ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_keepalive(ctx));
-        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -498,27 +452,21 @@ impl StreamHandler<std::result::Result<Packet, CodecError>> for Connection {
     }
 }
 
-impl Handler<DomainEvent> for Connection {
+impl actix::Handler<Event> for Connection {
     type Result = ();
 
-    fn handle(&mut self, event: DomainEvent, ctx: &mut Self::Context) {
+    fn handle(&mut self, event: Event, ctx: &mut Self::Context) {
         let mut packets = Vec::new();
         for (id, cb) in &self.callbacks {
-            if cb.event_id != event.event_id() {
-                continue;
-            }
-            if cb.domain.is_some_and(|d| d != event.uuid()) {
+            if !cb.matches(&event) {
                 continue;
             }
             let packet = if cb.legacy {
                 event.legacy_packet()
             } else {
-                event.callback_packet(*id)
+                Some(event.callback_packet(*id))
             };
-            match packet {
-                Ok(p) => packets.push(p),
-                Err(e) => warn!("cannot encode event: {e}"),
-            }
+            packets.extend(packet);
         }
         for p in packets {
             self.send(p, ctx);

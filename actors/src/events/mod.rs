@@ -1,9 +1,10 @@
-//! Domain events and their fan-out. The registry publishes each event once
-//! to the `EventBus`; the bus hands it to every subscribed connection, which
-//! filters it by its callbacks and queues it without waiting. Publishing
-//! never blocks on a client.
+//! Events of every object kind and their fan-out. A driver publishes each
+//! event once to the `EventBus`; the bus hands it to every subscribed
+//! connection, which filters it by its callbacks and queues it without
+//! waiting. Publishing never blocks on a client.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -13,8 +14,8 @@ use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::{event_id, NonnullDomain};
 use qemud_protocol::{program, Header, Packet};
 
-use crate::dispatch::encode;
 use crate::error::Result;
+use crate::rpc::wire::encode;
 
 /// `virDomainEventType` and the detail values qemud emits.
 pub mod lifecycle {
@@ -44,37 +45,88 @@ pub mod lifecycle {
     pub const SHUTDOWN_HOST: i32 = 2;
 }
 
-/// One event about one domain, with its message body already encoded so
+/// The object kinds clients register event callbacks for, each with its own
+/// registration procedures and callback IDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Domain,
+    Network,
+    StoragePool,
+    NodeDevice,
+    Secret,
+    /// Raw QMP events of the QEMU program (`virConnectDomainQemuMonitorEventRegister`).
+    QemuMonitor,
+}
+
+/// Which object an event is about, to match per-object callbacks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKey {
+    Uuid(Uuid),
+    /// Node devices are known by name only.
+    Name(Arc<str>),
+}
+
+/// One event about one object, with its message body already encoded so
 /// that each subscriber only prefixes its callback ID.
 #[derive(Clone, Debug, Message)]
 #[rtype(result = "()")]
-pub struct DomainEvent {
-    uuid: Uuid,
-    event_id: i32,
-    legacy_procedure: i32,
-    callback_procedure: i32,
-    /// The `remote_domain_event_*_msg` body.
-    msg: Bytes,
+pub struct Event {
+    pub family: Family,
+    pub object: ObjectKey,
+    pub event_id: i32,
+    pub program: u32,
+    /// The procedure for callbacks registered through the legacy domain
+    /// procedures (no callback ID in the message), where there is one.
+    pub legacy_procedure: Option<i32>,
+    pub callback_procedure: i32,
+    /// For QEMU monitor events: the QMP event name, for name filters.
+    pub name: Option<Arc<str>>,
+    /// The message body after the callback ID.
+    pub msg: Bytes,
 }
 
-impl DomainEvent {
+impl Event {
+    /// An event of a REMOTE-program family whose callback message is
+    /// `{ int callbackID; MSG }`.
+    pub fn new<T: serde::Serialize>(
+        family: Family,
+        object: ObjectKey,
+        event_id: i32,
+        callback_procedure: i32,
+        msg: &T,
+    ) -> Result<Event> {
+        Ok(Event {
+            family,
+            object,
+            event_id,
+            program: program::REMOTE,
+            legacy_procedure: None,
+            callback_procedure,
+            name: None,
+            msg: Bytes::from(encode(msg)?),
+        })
+    }
+
     fn build<T: serde::Serialize>(
         dom: &NonnullDomain,
         event_id: i32,
         legacy: i32,
         callback: i32,
         msg: &T,
-    ) -> Result<DomainEvent> {
-        Ok(DomainEvent {
-            uuid: Uuid::from_bytes(dom.uuid.0),
+    ) -> Result<Event> {
+        Ok(Event {
+            family: Family::Domain,
+            object: ObjectKey::Uuid(Uuid::from_bytes(dom.uuid.0)),
             event_id,
-            legacy_procedure: legacy,
+            program: program::REMOTE,
+            legacy_procedure: Some(legacy),
             callback_procedure: callback,
+            name: None,
             msg: Bytes::from(encode(msg)?),
         })
     }
 
-    pub fn lifecycle(dom: &NonnullDomain, event: i32, detail: i32) -> Result<DomainEvent> {
+    pub fn lifecycle(dom: &NonnullDomain, event: i32, detail: i32) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventLifecycleMsg {
             dom: dom.clone(),
             event,
@@ -89,7 +141,7 @@ impl DomainEvent {
         )
     }
 
-    pub fn reboot(dom: &NonnullDomain) -> Result<DomainEvent> {
+    pub fn reboot(dom: &NonnullDomain) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventRebootMsg { dom: dom.clone() };
         Self::build(
             dom,
@@ -100,7 +152,7 @@ impl DomainEvent {
         )
     }
 
-    pub fn rtc_change(dom: &NonnullDomain, offset: i64) -> Result<DomainEvent> {
+    pub fn rtc_change(dom: &NonnullDomain, offset: i64) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventRtcChangeMsg {
             dom: dom.clone(),
             offset,
@@ -114,7 +166,7 @@ impl DomainEvent {
         )
     }
 
-    pub fn watchdog(dom: &NonnullDomain, action: i32) -> Result<DomainEvent> {
+    pub fn watchdog(dom: &NonnullDomain, action: i32) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventWatchdogMsg {
             dom: dom.clone(),
             action,
@@ -133,7 +185,7 @@ impl DomainEvent {
         src_path: &str,
         dev_alias: &str,
         action: i32,
-    ) -> Result<DomainEvent> {
+    ) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventIoErrorMsg {
             dom: dom.clone(),
             src_path: src_path.into(),
@@ -155,7 +207,7 @@ impl DomainEvent {
         dev_alias: &str,
         action: i32,
         reason: &str,
-    ) -> Result<DomainEvent> {
+    ) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventIoErrorReasonMsg {
             dom: dom.clone(),
             src_path: src_path.into(),
@@ -172,7 +224,7 @@ impl DomainEvent {
         )
     }
 
-    pub fn device_removed(dom: &NonnullDomain, dev_alias: &str) -> Result<DomainEvent> {
+    pub fn device_removed(dom: &NonnullDomain, dev_alias: &str) -> Result<Event> {
         let msg = qemud_protocol::remote::DomainEventDeviceRemovedMsg {
             dom: dom.clone(),
             dev_alias: dev_alias.into(),
@@ -186,35 +238,26 @@ impl DomainEvent {
         )
     }
 
-    pub fn uuid(&self) -> Uuid {
-        self.uuid
-    }
-
-    pub fn event_id(&self) -> i32 {
-        self.event_id
-    }
-
-    fn header(procedure: i32) -> Header {
-        Header::message(program::REMOTE, program::REMOTE_VERSION, procedure)
+    fn header(&self, procedure: i32) -> Header {
+        let version = match self.program {
+            program::QEMU => program::QEMU_VERSION,
+            _ => program::REMOTE_VERSION,
+        };
+        Header::message(self.program, version, procedure)
     }
 
     /// The packet for a callback registered with the modern procedures.
-    pub fn callback_packet(&self, callback_id: i32) -> Result<Packet> {
+    pub fn callback_packet(&self, callback_id: i32) -> Packet {
         let mut body = BytesMut::with_capacity(4 + self.msg.len());
         body.put_i32(callback_id);
         body.extend_from_slice(&self.msg);
-        Ok(Packet::new(
-            Self::header(self.callback_procedure),
-            body.freeze(),
-        ))
+        Packet::new(self.header(self.callback_procedure), body.freeze())
     }
 
     /// The packet for the legacy registration procedures.
-    pub fn legacy_packet(&self) -> Result<Packet> {
-        Ok(Packet::new(
-            Self::header(self.legacy_procedure),
-            self.msg.clone(),
-        ))
+    pub fn legacy_packet(&self) -> Option<Packet> {
+        self.legacy_procedure
+            .map(|p| Packet::new(self.header(p), self.msg.clone()))
     }
 }
 
@@ -222,7 +265,7 @@ impl DomainEvent {
 #[rtype(result = "()")]
 pub struct Subscribe {
     pub connection: u64,
-    pub recipient: Recipient<DomainEvent>,
+    pub recipient: Recipient<Event>,
 }
 
 #[derive(Message)]
@@ -235,7 +278,7 @@ pub struct Unsubscribe {
 /// published (so per-domain order is kept).
 #[derive(Default)]
 pub struct EventBus {
-    subscribers: HashMap<u64, Recipient<DomainEvent>>,
+    subscribers: HashMap<u64, Recipient<Event>>,
 }
 
 impl Actor for EventBus {
@@ -261,9 +304,9 @@ impl Handler<Unsubscribe> for EventBus {
     }
 }
 
-impl Handler<DomainEvent> for EventBus {
+impl Handler<Event> for EventBus {
     type Result = ();
-    fn handle(&mut self, event: DomainEvent, _: &mut Self::Context) {
+    fn handle(&mut self, event: Event, _: &mut Self::Context) {
         // do_send never waits: each connection's own bounded queue decides
         // whether a slow client is dropped.
         self.subscribers.retain(|_, r| r.connected());
@@ -285,9 +328,8 @@ mod tests {
             uuid: Uuid16([1; 16]),
             id: 1,
         };
-        let e =
-            DomainEvent::lifecycle(&dom, lifecycle::STARTED, lifecycle::STARTED_BOOTED).unwrap();
-        let p = e.callback_packet(9).unwrap();
+        let e = Event::lifecycle(&dom, lifecycle::STARTED, lifecycle::STARTED_BOOTED).unwrap();
+        let p = e.callback_packet(9);
         assert_eq!(p.header.procedure, 318);
         assert_eq!(p.header.serial, 0);
         assert_eq!(&p.body[..4], &[0, 0, 0, 9]);

@@ -1,7 +1,7 @@
 //! The `Registry` actor owns every domain: definitions, persistence, state
 //! transitions, the QEMU supervisors of running domains and the events those
 //! transitions produce. It is the only writer of the lock-free
-//! [`DomainIndex`](crate::index::DomainIndex).
+//! [`DomainIndex`](crate::domain::index::DomainIndex).
 //!
 //! Operations that wait on QEMU run as futures inside the actor, so the
 //! registry keeps serving other domains meanwhile; a per-domain job marker
@@ -18,13 +18,15 @@ use uuid::Uuid;
 use qemud_config::domain::{DomainDef, DomainXmlError, LiveXml};
 use qemud_config::settings::Settings;
 
+use crate::domain::cmdline::{build_command_line, Accel, LaunchPaths};
+use crate::domain::index::{reason, DomainIndex, DomainState, DomainView};
+use crate::domain::qemu::{
+    self, Kill, LaunchSpec, Launched, QemuVm, QmpCommand, VmNotice, VmNoticeKind,
+};
+use crate::domain::store::{LiveRecord, Store};
 use crate::error::{Error, Result};
-use crate::events::{lifecycle as lc, DomainEvent, EventBus};
+use crate::events::{lifecycle as lc, Event, EventBus};
 use crate::host::HostInfo;
-use crate::index::{reason, DomainIndex, DomainState, DomainView};
-use crate::qemu::{self, Kill, LaunchSpec, Launched, QemuVm, QmpCommand, VmNotice, VmNoticeKind};
-use crate::qemu_cmdline::{build_command_line, Accel, LaunchPaths};
-use crate::store::{LiveRecord, Store};
 
 /// How long an operation waits for another one on the same domain.
 const JOB_WAIT: Duration = Duration::from_secs(30);
@@ -88,6 +90,22 @@ struct Entry {
     live: Option<Live>,
     /// The state-changing operation in progress, if any.
     job: Option<&'static str>,
+}
+
+impl Entry {
+    /// A shut-off domain as it is first known to the registry.
+    fn inactive(def: DomainDef, persistent: bool, autostart: bool) -> Entry {
+        Entry {
+            def,
+            persistent,
+            autostart,
+            updated: false,
+            state: DomainState::Shutoff,
+            reason: reason::SHUTOFF_UNKNOWN,
+            live: None,
+            job: None,
+        }
+    }
 }
 
 pub struct Registry {
@@ -174,7 +192,7 @@ impl Registry {
     fn emit(
         &self,
         uuid: &Uuid,
-        make: impl FnOnce(&qemud_protocol::remote::NonnullDomain) -> Result<DomainEvent>,
+        make: impl FnOnce(&qemud_protocol::remote::NonnullDomain) -> Result<Event>,
     ) {
         let Some(v) = self.index.get(uuid) else {
             return;
@@ -186,7 +204,7 @@ impl Registry {
     }
 
     fn lifecycle(&self, uuid: &Uuid, event: i32, detail: i32) {
-        self.emit(uuid, |d| DomainEvent::lifecycle(d, event, detail));
+        self.emit(uuid, |d| Event::lifecycle(d, event, detail));
     }
 
     fn entry(&mut self, uuid: &Uuid) -> Result<&mut Entry> {
@@ -247,19 +265,7 @@ impl Registry {
                 }
             }
             None => {
-                self.domains.insert(
-                    uuid,
-                    Entry {
-                        def,
-                        persistent: true,
-                        autostart: false,
-                        updated: false,
-                        state: DomainState::Shutoff,
-                        reason: reason::SHUTOFF_UNKNOWN,
-                        live: None,
-                        job: None,
-                    },
-                );
+                self.domains.insert(uuid, Entry::inactive(def, true, false));
                 lc::DEFINED_ADDED
             }
         };
@@ -575,10 +581,10 @@ impl Registry {
                     self.lifecycle(&uuid, lc::RESUMED, lc::RESUMED_UNPAUSED);
                 }
             }
-            "RESET" => self.emit(&uuid, DomainEvent::reboot),
+            "RESET" => self.emit(&uuid, Event::reboot),
             "RTC_CHANGE" => {
                 let offset = data.get("offset").and_then(|o| o.as_i64()).unwrap_or(0);
-                self.emit(&uuid, |d| DomainEvent::rtc_change(d, offset));
+                self.emit(&uuid, |d| Event::rtc_change(d, offset));
             }
             "WATCHDOG" => {
                 let action = match data.get("action").and_then(|a| a.as_str()).unwrap_or("") {
@@ -590,7 +596,7 @@ impl Registry {
                     "inject-nmi" => 6,
                     _ => 0,
                 };
-                self.emit(&uuid, |d| DomainEvent::watchdog(d, action));
+                self.emit(&uuid, |d| Event::watchdog(d, action));
             }
             "BLOCK_IO_ERROR" => {
                 let dev = data
@@ -609,15 +615,15 @@ impl Registry {
                     "eio"
                 };
                 // libvirt sends both the plain and the with-reason event.
-                self.emit(&uuid, |d| DomainEvent::io_error(d, "", &dev, action));
+                self.emit(&uuid, |d| Event::io_error(d, "", &dev, action));
                 self.emit(&uuid, |d| {
-                    DomainEvent::io_error_reason(d, "", &dev, action, reason)
+                    Event::io_error_reason(d, "", &dev, action, reason)
                 });
             }
             "DEVICE_DELETED" => {
                 if let Some(dev) = data.get("device").and_then(|a| a.as_str()) {
                     let dev = dev.to_owned();
-                    self.emit(&uuid, |d| DomainEvent::device_removed(d, &dev));
+                    self.emit(&uuid, |d| Event::device_removed(d, &dev));
                 }
             }
             "GUEST_PANICKED" => {
@@ -652,19 +658,8 @@ impl Registry {
         for (uuid, xml, autostart) in self.store.load_definitions() {
             match DomainDef::parse(&xml) {
                 Ok(def) if def.uuid == uuid => {
-                    self.domains.insert(
-                        uuid,
-                        Entry {
-                            def,
-                            persistent: true,
-                            autostart,
-                            updated: false,
-                            state: DomainState::Shutoff,
-                            reason: reason::SHUTOFF_UNKNOWN,
-                            live: None,
-                            job: None,
-                        },
-                    );
+                    self.domains
+                        .insert(uuid, Entry::inactive(def, true, autostart));
                     self.publish(&uuid);
                 }
                 Ok(_) => error!(%uuid, "saved definition has another uuid; ignored"),
@@ -707,16 +702,10 @@ impl Registry {
                     continue;
                 }
             };
-            let entry = self.domains.entry(rec.uuid).or_insert_with(|| Entry {
-                def: def.clone(),
-                persistent: false,
-                autostart: false,
-                updated: false,
-                state: DomainState::Shutoff,
-                reason: reason::SHUTOFF_UNKNOWN,
-                live: None,
-                job: None,
-            });
+            let entry = self
+                .domains
+                .entry(rec.uuid)
+                .or_insert_with(|| Entry::inactive(def.clone(), false, false));
             entry.job = Some("reattach");
             let timeout = Duration::from_millis(self.settings.qmp_timeout_ms);
             let rec2 = rec.clone();
@@ -862,19 +851,8 @@ impl Registry {
                 let existed = self.domains.contains_key(&uuid);
                 let live_def = existed.then(|| def.clone());
                 if !existed {
-                    self.domains.insert(
-                        uuid,
-                        Entry {
-                            def,
-                            persistent: false,
-                            autostart: false,
-                            updated: false,
-                            state: DomainState::Shutoff,
-                            reason: reason::SHUTOFF_UNKNOWN,
-                            live: None,
-                            job: None,
-                        },
-                    );
+                    self.domains
+                        .insert(uuid, Entry::inactive(def, false, false));
                 }
                 let f = self.start(uuid, paused, live_def, ctx);
                 Box::pin(f.map(move |res, act, _| {

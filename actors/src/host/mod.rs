@@ -8,6 +8,8 @@ use std::process::Command;
 use qemud_config::domain::esc as xml_escape;
 use qemud_protocol::remote::NodeGetInfoRet;
 
+pub mod procedures;
+
 /// qemud reports itself as this libvirt library version (9.0.0), the API
 /// level whose wire behaviour it follows.
 pub const LIB_VERSION: u64 = 9_000_000;
