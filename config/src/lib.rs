@@ -2,3 +2,6 @@
 
 pub mod domain;
 pub mod settings;
+pub mod interface;
+pub mod nodedev;
+pub mod secret;
