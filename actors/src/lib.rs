@@ -37,6 +37,7 @@ pub struct Services {
     pub index: Arc<domain::index::DomainIndex>,
     pub registry: Addr<domain::registry::Registry>,
     pub events: Addr<events::EventBus>,
+    pub secrets: Addr<secret::driver::SecretDriver>,
     /// The driver URI clients get from `virConnectGetURI`.
     pub uri: String,
 }

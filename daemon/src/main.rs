@@ -130,6 +130,10 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index.clone(),
         events.clone(),
     ));
+    let secrets = actix::Actor::start(qemud_actors::secret::driver::SecretDriver::load(
+        settings.state_dir.join("secrets"),
+        events.clone(),
+    ));
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",
@@ -140,6 +144,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index,
         registry,
         events,
+        secrets,
         uri: uri.to_owned(),
     });
 
