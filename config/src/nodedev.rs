@@ -264,6 +264,23 @@ impl NodeDeviceDef {
     }
 }
 
+/// Reads a client's node device definition far enough to tell whether it
+/// describes a mediated device; the error is libvirt's XML error text.
+pub fn definition_is_mdev(xml: &str) -> Result<bool, String> {
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| format!("(node_device_definition):{}: {e}", e.pos().row))?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "device" {
+        return Err(format!(
+            "unexpected root element <{}>, expecting <device>",
+            root.tag_name().name()
+        ));
+    }
+    Ok(root
+        .children()
+        .any(|c| c.has_tag_name("capability") && c.attribute("type") == Some("mdev")))
+}
+
 fn id_name(o: &mut String, tag: &str, id: u32, name: &Option<String>, empty_end: &str) {
     let _ = write!(o, "    <{tag} id='0x{id:04x}'");
     match name {

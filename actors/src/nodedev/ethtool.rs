@@ -12,6 +12,10 @@ const ETHTOOL_GTSO: u32 = 0x1e;
 const ETHTOOL_GGSO: u32 = 0x23;
 const ETHTOOL_GFLAGS: u32 = 0x25;
 const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_GFEATURES: u32 = 0x3a;
+/// The kernel's feature bit libvirt reads as `txudptnl`
+/// (NETIF_F_GSO_UDP_TUNNEL), in the first block of ETHTOOL_GFEATURES.
+const TX_UDP_TNL_BIT: u32 = 25;
 
 const ETH_FLAG_TXVLAN: u32 = 1 << 7;
 const ETH_FLAG_RXVLAN: u32 = 1 << 8;
@@ -33,24 +37,39 @@ struct IfreqData {
     _pad: [u8; 16],
 }
 
-fn query(sock: &OwnedFd, ifname: &str, cmd: u32) -> Option<u32> {
+/// `struct ethtool_gfeatures` with the two blocks libvirt asks for.
+#[repr(C)]
+struct EthtoolGfeatures {
+    cmd: u32,
+    size: u32,
+    /// available, requested, active, never_changed per block.
+    blocks: [[u32; 4]; 2],
+}
+
+/// Sends one ethtool request whose buffer is `buf`.
+fn ethtool<T>(sock: &OwnedFd, ifname: &str, buf: &mut T) -> bool {
     let bytes = ifname.as_bytes();
     if bytes.len() >= libc::IFNAMSIZ {
-        return None;
+        return false;
     }
-    let mut value = EthtoolValue { cmd, data: 0 };
     let mut req = IfreqData {
         name: [0; libc::IFNAMSIZ],
-        data: (&mut value as *mut EthtoolValue).cast(),
+        data: (buf as *mut T).cast(),
         _pad: [0; 16],
     };
     for (dst, &src) in req.name.iter_mut().zip(bytes) {
         *dst = src as libc::c_char;
     }
-    // SAFETY: `req` is a valid ifreq whose data pointer refers to `value`,
-    // which outlives the call; the kernel writes only within `value`.
+    // SAFETY: `req` is a valid ifreq whose data pointer refers to `buf`,
+    // which outlives the call and is sized for the command it carries; the
+    // kernel writes only within it.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
-    (rc == 0).then_some(value.data)
+    rc == 0
+}
+
+fn query(sock: &OwnedFd, ifname: &str, cmd: u32) -> Option<u32> {
+    let mut value = EthtoolValue { cmd, data: 0 };
+    ethtool(sock, ifname, &mut value).then_some(value.data)
 }
 
 /// The features libvirt reports, in its order (`virNetDevFeature`).
@@ -87,6 +106,14 @@ pub fn features(ifname: &str) -> Vec<&'static str> {
                 out.push(name);
             }
         }
+    }
+    let mut g = EthtoolGfeatures {
+        cmd: ETHTOOL_GFEATURES,
+        size: 2,
+        blocks: [[0; 4]; 2],
+    };
+    if ethtool(&sock, ifname, &mut g) && g.blocks[0][2] & (1 << TX_UDP_TNL_BIT) != 0 {
+        out.push("txudptnl");
     }
     out
 }

@@ -1,8 +1,8 @@
 //! The node device driver: host devices read from sysfs ([`sysfs`]) on each
 //! call, so answers follow hotplug without a watcher. Creating, defining
-//! and destroying devices (mediated devices, vHBAs) is not supported: those
-//! procedures have no row and are answered VIR_ERR_NO_SUPPORT by the table,
-//! as are SCSI host lookups by WWN.
+//! and destroying devices is refused as libvirt refuses it for devices that
+//! are neither mediated devices nor vHBAs (qemud manages neither); SCSI host
+//! lookups by WWN have no row and are answered VIR_ERR_NO_SUPPORT.
 
 mod ethtool;
 pub mod sysfs;
@@ -30,6 +30,11 @@ pub fn procedures() -> Vec<Procedure> {
         call!(NODE_DEVICE_IS_ACTIVE, Read, is_active),
         call!(NODE_DEVICE_IS_PERSISTENT, Read, is_persistent),
         call!(NODE_DEVICE_GET_AUTOSTART, Write, get_autostart),
+        call!(NODE_DEVICE_CREATE_XML, Write, create_xml),
+        call!(NODE_DEVICE_DEFINE_XML, Write, define_xml),
+        call!(NODE_DEVICE_DESTROY, Write, destroy),
+        call!(NODE_DEVICE_UNDEFINE, Write, undefine),
+        call!(NODE_DEVICE_CREATE, Write, create),
     ]
 }
 
@@ -231,4 +236,55 @@ async fn get_autostart(
 ) -> Result<NodeDeviceGetAutostartRet> {
     find(a.name.as_str())?;
     Ok(NodeDeviceGetAutostartRet { autostart: 1 })
+}
+
+/// libvirt's answer for a device it can neither create nor destroy.
+fn unsupported_type() -> Error {
+    Error::Other {
+        code: qemud_protocol::ErrorCode::ConfigUnsupported,
+        domain: qemud_protocol::ErrorDomain::Nodedev,
+        message: "unsupported configuration: Unsupported device type".into(),
+    }
+}
+
+/// Checks a definition enough to refuse it for the right reason: not XML,
+/// not a `<device>`, a mediated device (qemud has no mdevctl support), or
+/// any other device type.
+fn refuse_definition(xml: &str) -> Error {
+    let xml_error = |m: String| Error::Other {
+        code: qemud_protocol::ErrorCode::XmlError,
+        domain: qemud_protocol::ErrorDomain::Nodedev,
+        message: format!("XML error: {m}"),
+    };
+    let is_mdev = match qemud_config::nodedev::definition_is_mdev(xml) {
+        Ok(m) => m,
+        Err(m) => return xml_error(m),
+    };
+    if is_mdev {
+        return Error::NoSupport("mediated devices (mdevctl is not available)".into());
+    }
+    unsupported_type()
+}
+
+async fn create_xml(_: &Call, a: NodeDeviceCreateXmlArgs) -> Result<NodeDeviceCreateXmlRet> {
+    Err(refuse_definition(a.xml_desc.as_str()))
+}
+
+async fn define_xml(_: &Call, a: NodeDeviceDefineXmlArgs) -> Result<NodeDeviceDefineXmlRet> {
+    Err(refuse_definition(a.xml_desc.as_str()))
+}
+
+async fn destroy(_: &Call, a: NodeDeviceDestroyArgs) -> Result<()> {
+    find(a.name.as_str())?;
+    Err(unsupported_type())
+}
+
+async fn undefine(_: &Call, a: NodeDeviceUndefineArgs) -> Result<()> {
+    find(a.name.as_str())?;
+    Err(unsupported_type())
+}
+
+async fn create(_: &Call, a: NodeDeviceCreateArgs) -> Result<()> {
+    find(a.name.as_str())?;
+    Err(unsupported_type())
 }
