@@ -106,6 +106,8 @@ enum Cmd {
     },
     /// Measure a daemon's latency and throughput.
     Bench(BenchArgs),
+    #[command(flatten)]
+    Objects(ObjectCmd),
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -502,6 +504,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
+        Cmd::Objects(cmd) => objects(c, cmd, json).await?,
         Cmd::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
@@ -526,6 +529,338 @@ where
         print_json(json!({"name": name, "result": done}));
     } else {
         println!("Domain '{name}' {done}");
+    }
+    Ok(())
+}
+
+// Secrets, node devices, host interfaces, networks and storage pools.
+
+#[derive(Subcommand)]
+enum ObjectCmd {
+    /// Define or change a secret from an XML file.
+    SecretDefine { file: String },
+    /// List secrets.
+    SecretList,
+    /// A secret's XML.
+    SecretDumpxml { uuid: uuid::Uuid },
+    /// Set a secret's value (base64 text, or the raw bytes of a file).
+    SecretSetValue {
+        uuid: uuid::Uuid,
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        base64: Option<String>,
+        #[arg(long)]
+        file: Option<String>,
+    },
+    /// A secret's value, in base64.
+    SecretGetValue { uuid: uuid::Uuid },
+    /// Remove a secret.
+    SecretUndefine { uuid: uuid::Uuid },
+    /// List host devices.
+    NodedevList {
+        /// Only devices with this capability (pci, usb_device, usb, net, storage, system).
+        #[arg(long)]
+        cap: Option<String>,
+    },
+    /// A host device's XML.
+    NodedevDumpxml { name: String },
+    /// List host interfaces (active ones unless --all).
+    IfaceList {
+        #[arg(long)]
+        all: bool,
+    },
+    /// A host interface's XML.
+    IfaceDumpxml { name: String },
+    /// List virtual networks (active ones unless --all).
+    NetList {
+        #[arg(long)]
+        all: bool,
+    },
+    /// List storage pools (active ones unless --all).
+    PoolList {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        acc = (acc << 6) | B64.iter().position(|&x| x == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (bits < 6).then_some(out)
+}
+
+fn usage_name(t: i32) -> &'static str {
+    ["none", "volume", "ceph", "iscsi", "tls", "vtpm"]
+        .get(t as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn nodedev_cap_flag(cap: &str) -> Option<u32> {
+    let caps = [
+        "system",
+        "pci",
+        "usb_device",
+        "usb",
+        "net",
+        "scsi_host",
+        "scsi_target",
+        "scsi",
+        "storage",
+    ];
+    caps.iter().position(|c| *c == cap).map(|i| 1 << i)
+}
+
+/// Prints a virsh-style table: a header, a rule and left-aligned columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!(" {}", parts.join("   ")).trim_end().to_owned()
+    };
+    let head = line(header.to_vec());
+    println!("{head}");
+    println!("{}", "-".repeat(head.len() + 2));
+    for r in rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientError> {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    match cmd {
+        ObjectCmd::SecretDefine { file } => {
+            let xml = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Connect(format!("cannot read {file}: {e}")))?;
+            let s = c.secret_define(&xml).await?;
+            let uuid = uuid::Uuid::from(s.uuid);
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "usage_type": usage_name(s.usage_type), "usage_id": s.usage_id.0}));
+            } else {
+                println!("Secret {uuid} created");
+            }
+        }
+        ObjectCmd::SecretList => {
+            let secrets = c.list_all_secrets(0).await?;
+            if json {
+                print_json(json!(secrets
+                    .iter()
+                    .map(|s| json!({"uuid": uuid::Uuid::from(s.uuid).to_string(),
+                        "usage_type": usage_name(s.usage_type), "usage_id": s.usage_id.0}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = secrets
+                    .iter()
+                    .map(|s| {
+                        let usage = if s.usage_type == 0 {
+                            "Unused".to_owned()
+                        } else {
+                            format!("{} {}", usage_name(s.usage_type), s.usage_id)
+                        };
+                        vec![uuid::Uuid::from(s.uuid).to_string(), usage]
+                    })
+                    .collect();
+                print_table(&["UUID", "Usage"], &rows);
+            }
+        }
+        ObjectCmd::SecretDumpxml { uuid } => {
+            let s = c.secret_lookup(uuid).await?;
+            let xml = c.secret_xml(&s).await?;
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        ObjectCmd::SecretSetValue { uuid, base64, file } => {
+            let value = match (base64, file) {
+                (Some(b), _) => base64_decode(&b)
+                    .ok_or_else(|| ClientError::Connect("invalid base64 value".into()))?,
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| ClientError::Connect(format!("cannot read {f}: {e}")))?,
+                (None, None) => return Err(ClientError::Connect("no value given".into())),
+            };
+            let s = c.secret_lookup(uuid).await?;
+            c.secret_set_value(&s, &value).await?;
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "result": "value set"}));
+            } else {
+                println!("Secret value set");
+            }
+        }
+        ObjectCmd::SecretGetValue { uuid } => {
+            let s = c.secret_lookup(uuid).await?;
+            let value = base64_encode(&c.secret_get_value(&s).await?);
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "base64": value}));
+            } else {
+                println!("{value}");
+            }
+        }
+        ObjectCmd::SecretUndefine { uuid } => {
+            let s = c.secret_lookup(uuid).await?;
+            c.secret_undefine(&s).await?;
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "result": "deleted"}));
+            } else {
+                println!("Secret {uuid} deleted");
+            }
+        }
+        ObjectCmd::NodedevList { cap } => {
+            let flags = match &cap {
+                Some(name) => nodedev_cap_flag(name).ok_or_else(|| {
+                    ClientError::Connect(format!("unknown capability '{name}'"))
+                })?,
+                None => 0,
+            };
+            let mut names = c.list_all_node_devices(flags).await?;
+            names.sort();
+            if json {
+                let mut rows = Vec::new();
+                for n in &names {
+                    rows.push(json!({"name": n, "parent": c.node_device_parent(n).await.ok().flatten()}));
+                }
+                print_json(json!(rows));
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+        }
+        ObjectCmd::NodedevDumpxml { name } => {
+            let xml = c.node_device_xml(&name).await?;
+            if json {
+                print_json(json!({"name": name, "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        ObjectCmd::IfaceList { all } => {
+            // ACTIVE only, unless --all.
+            let mut ifaces = c.list_all_interfaces(if all { 0 } else { 2 }).await?;
+            ifaces.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for i in &ifaces {
+                let active = c.interface_is_active(i).await?;
+                rows.push((i.name.0.clone(), active, i.mac.0.clone()));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(n, a, m)| json!({"name": n, "active": a, "mac": m}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(n, a, m)| vec![n, if a { "active" } else { "inactive" }.into(), m])
+                    .collect();
+                print_table(&["Name", "State", "MAC Address"], &rows);
+            }
+        }
+        ObjectCmd::IfaceDumpxml { name } => {
+            let i = c.interface_lookup(&name).await?;
+            let xml = c.interface_xml(&i).await?;
+            if json {
+                print_json(json!({"name": name, "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        ObjectCmd::NetList { all } => {
+            // ACTIVE only, unless --all.
+            let mut nets = c.list_all_networks(if all { 0 } else { 2 }).await?;
+            nets.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for n in &nets {
+                let (active, persistent, autostart) = c.network_state(n).await?;
+                rows.push((n.name.0.clone(), active, autostart, persistent));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(n, a, s, p)| json!({"name": n, "active": a, "autostart": s, "persistent": p}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(n, a, s, p)| {
+                        vec![
+                            n,
+                            if a { "active" } else { "inactive" }.into(),
+                            yes_no(s).into(),
+                            yes_no(p).into(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["Name", "State", "Autostart", "Persistent"], &rows);
+            }
+        }
+        ObjectCmd::PoolList { all } => {
+            // ACTIVE only, unless --all.
+            let mut pools = c.list_all_storage_pools(if all { 0 } else { 2 }).await?;
+            pools.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for p in &pools {
+                let (active, autostart) = c.storage_pool_state(p).await?;
+                rows.push((p.name.0.clone(), active, autostart));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(n, a, s)| json!({"name": n, "active": a, "autostart": s}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(n, a, s)| {
+                        vec![n, if a { "active" } else { "inactive" }.into(), yes_no(s).into()]
+                    })
+                    .collect();
+                print_table(&["Name", "State", "Autostart"], &rows);
+            }
+        }
     }
     Ok(())
 }
