@@ -607,7 +607,10 @@ fn base64_encode(data: &[u8]) -> String {
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
         acc = (acc << 6) | B64.iter().position(|&x| x == c)? as u32;
         bits += 6;
         if bits >= 8 {
@@ -677,7 +680,9 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
             let s = c.secret_define(&xml).await?;
             let uuid = uuid::Uuid::from(s.uuid);
             if json {
-                print_json(json!({"uuid": uuid.to_string(), "usage_type": usage_name(s.usage_type), "usage_id": s.usage_id.0}));
+                print_json(
+                    json!({"uuid": uuid.to_string(), "usage_type": usage_name(s.usage_type), "usage_id": s.usage_id.0}),
+                );
             } else {
                 println!("Secret {uuid} created");
             }
@@ -750,9 +755,8 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
         }
         ObjectCmd::NodedevList { cap } => {
             let flags = match &cap {
-                Some(name) => nodedev_cap_flag(name).ok_or_else(|| {
-                    ClientError::Connect(format!("unknown capability '{name}'"))
-                })?,
+                Some(name) => nodedev_cap_flag(name)
+                    .ok_or_else(|| ClientError::Connect(format!("unknown capability '{name}'")))?,
                 None => 0,
             };
             let mut names = c.list_all_node_devices(flags).await?;
@@ -760,7 +764,9 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
             if json {
                 let mut rows = Vec::new();
                 for n in &names {
-                    rows.push(json!({"name": n, "parent": c.node_device_parent(n).await.ok().flatten()}));
+                    rows.push(
+                        json!({"name": n, "parent": c.node_device_parent(n).await.ok().flatten()}),
+                    );
                 }
                 print_json(json!(rows));
             } else {
@@ -855,7 +861,11 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
                 let rows: Vec<Vec<String>> = rows
                     .into_iter()
                     .map(|(n, a, s)| {
-                        vec![n, if a { "active" } else { "inactive" }.into(), yes_no(s).into()]
+                        vec![
+                            n,
+                            if a { "active" } else { "inactive" }.into(),
+                            yes_no(s).into(),
+                        ]
                     })
                     .collect();
                 print_table(&["Name", "State", "Autostart"], &rows);

@@ -1,7 +1,7 @@
 //! qemud settings and the libvirt domain XML model.
 
 pub mod domain;
-pub mod settings;
 pub mod interface;
 pub mod nodedev;
 pub mod secret;
+pub mod settings;

@@ -125,16 +125,21 @@ fn uevent_devtype(dir: &Path) -> Option<String> {
 
 /// VLAN tag and parent device from `/proc/net/vlan/<name>`.
 fn vlan_info(name: &str) -> Result<(String, String)> {
-    let text = fs::read_to_string(Path::new("/proc/net/vlan").join(name)).map_err(|e| {
-        Error::System(format!("Failed to open file '/proc/net/vlan/{name}': {e}"))
-    })?;
+    let text = fs::read_to_string(Path::new("/proc/net/vlan").join(name))
+        .map_err(|e| Error::System(format!("Failed to open file '/proc/net/vlan/{name}': {e}")))?;
     let tag = text
         .split("VID: ")
         .nth(1)
-        .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .map(|s| {
+            s.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
-            Error::Internal(format!("failed to find the VID for the VLAN device '{name}'"))
+            Error::Internal(format!(
+                "failed to find the VID for the VLAN device '{name}'"
+            ))
         })?;
     let device = text
         .split("\nDevice: ")
@@ -246,7 +251,10 @@ async fn list_inactive(
     })
 }
 
-async fn list_all(_: &Call, a: ConnectListAllInterfacesArgs) -> Result<ConnectListAllInterfacesRet> {
+async fn list_all(
+    _: &Call,
+    a: ConnectListAllInterfacesArgs,
+) -> Result<ConnectListAllInterfacesRet> {
     let allowed = LIST_ACTIVE | LIST_INACTIVE;
     if a.flags & !allowed != 0 {
         return Err(Error::UnsupportedFlags {
@@ -266,12 +274,20 @@ async fn list_all(_: &Call, a: ConnectListAllInterfacesArgs) -> Result<ConnectLi
         .collect();
     let ret = u32::try_from(picked.len()).unwrap_or(u32::MAX);
     Ok(ConnectListAllInterfacesRet {
-        ifaces: if a.need_results != 0 { picked } else { Vec::new() }.into(),
+        ifaces: if a.need_results != 0 {
+            picked
+        } else {
+            Vec::new()
+        }
+        .into(),
         ret,
     })
 }
 
-async fn lookup_by_name(_: &Call, a: InterfaceLookupByNameArgs) -> Result<InterfaceLookupByNameRet> {
+async fn lookup_by_name(
+    _: &Call,
+    a: InterfaceLookupByNameArgs,
+) -> Result<InterfaceLookupByNameRet> {
     let name = a.name.as_str();
     let dir = iface_dir(name).ok_or_else(|| no_interface(name))?;
     Ok(InterfaceLookupByNameRet {

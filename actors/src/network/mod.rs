@@ -108,9 +108,6 @@ async fn get_autostart(_: &Call, a: NetworkGetAutostartArgs) -> Result<NetworkGe
     Err(no_network(&a.net))
 }
 
-async fn get_bridge_name(
-    _: &Call,
-    a: NetworkGetBridgeNameArgs,
-) -> Result<NetworkGetBridgeNameRet> {
+async fn get_bridge_name(_: &Call, a: NetworkGetBridgeNameArgs) -> Result<NetworkGetBridgeNameRet> {
     Err(no_network(&a.net))
 }

@@ -79,9 +79,7 @@ fn find(name: &str) -> Result<NodeDeviceDef> {
     sysfs::scan()
         .into_iter()
         .find(|d| d.name == name)
-        .ok_or_else(|| {
-            Error::NoNodeDevice(format!("no node device with matching name '{name}'"))
-        })
+        .ok_or_else(|| Error::NoNodeDevice(format!("no node device with matching name '{name}'")))
 }
 
 /// The devices with capability `cap` (all without one); an unknown
@@ -121,7 +119,12 @@ async fn list_all(
         .collect();
     let ret = u32::try_from(devices.len()).unwrap_or(u32::MAX);
     Ok(ConnectListAllNodeDevicesRet {
-        devices: if a.need_results != 0 { devices } else { Vec::new() }.into(),
+        devices: if a.need_results != 0 {
+            devices
+        } else {
+            Vec::new()
+        }
+        .into(),
         ret,
     })
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use qemud_config::nodedev::{
-    Capability, NetCap, NodeDeviceDef, PciCap, PcieLink, StorageCap, SystemCap,
-    UsbDeviceCap, UsbInterfaceCap,
+    Capability, NetCap, NodeDeviceDef, PciCap, PcieLink, StorageCap, SystemCap, UsbDeviceCap,
+    UsbInterfaceCap,
 };
 
 use super::ethtool;

@@ -61,7 +61,10 @@ pub fn handle(def: &SecretDef) -> NonnullSecret {
 }
 
 fn no_secret(uuid: &Uuid) -> Error {
-    Error::NoSecret(format!("no secret with matching uuid '{}'", uuid.hyphenated()))
+    Error::NoSecret(format!(
+        "no secret with matching uuid '{}'",
+        uuid.hyphenated()
+    ))
 }
 
 fn internal(message: String) -> Error {
@@ -329,9 +332,11 @@ impl SecretDriver {
                 ));
             }
         } else if def.usage_type != UsageType::None {
-            if let Some(other) = self.secrets.values().find(|s| {
-                s.def.usage_type == def.usage_type && s.def.usage_id == def.usage_id
-            }) {
+            if let Some(other) = self
+                .secrets
+                .values()
+                .find(|s| s.def.usage_type == def.usage_type && s.def.usage_id == def.usage_id)
+            {
                 return Err(internal(format!(
                     "a secret with UUID {} already defined for use with {}",
                     other.def.uuid.hyphenated(),

@@ -21,7 +21,11 @@ pub fn procedures() -> Vec<Procedure> {
         call!(STORAGE_POOL_LOOKUP_BY_NAME, Read, lookup_by_name),
         call!(STORAGE_POOL_LOOKUP_BY_UUID, Read, lookup_by_uuid),
         call!(STORAGE_POOL_LOOKUP_BY_VOLUME, Read, lookup_by_volume),
-        call!(STORAGE_POOL_LOOKUP_BY_TARGET_PATH, Read, lookup_by_target_path),
+        call!(
+            STORAGE_POOL_LOOKUP_BY_TARGET_PATH,
+            Read,
+            lookup_by_target_path
+        ),
         call!(STORAGE_POOL_GET_INFO, Read, get_info),
         call!(STORAGE_POOL_GET_XML_DESC, Read, get_xml_desc),
         call!(STORAGE_POOL_GET_AUTOSTART, Read, get_autostart),
