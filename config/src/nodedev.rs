@@ -264,17 +264,27 @@ impl NodeDeviceDef {
     }
 }
 
+/// Why a node device definition could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefinitionError {
+    /// Not well-formed (VIR_ERR_XML_DETAIL).
+    Parse(String),
+    /// Another root element (VIR_ERR_XML_ERROR from libvirt's XML layer).
+    Root(String),
+}
+
 /// Reads a client's node device definition far enough to tell whether it
-/// describes a mediated device; the error is libvirt's XML error text.
-pub fn definition_is_mdev(xml: &str) -> Result<bool, String> {
-    let doc = roxmltree::Document::parse(xml)
-        .map_err(|e| format!("(node_device_definition):{}: {e}", e.pos().row))?;
+/// describes a mediated device.
+pub fn definition_is_mdev(xml: &str) -> Result<bool, DefinitionError> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| {
+        DefinitionError::Parse(format!("(node_device_definition):{}: {e}", e.pos().row))
+    })?;
     let root = doc.root_element();
     if root.tag_name().name() != "device" {
-        return Err(format!(
-            "unexpected root element <{}>, expecting <device>",
+        return Err(DefinitionError::Root(format!(
+            "expecting root element of 'device', not '{}'",
             root.tag_name().name()
-        ));
+        )));
     }
     Ok(root
         .children()

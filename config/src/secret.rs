@@ -13,6 +13,13 @@ use crate::domain::{esc, parse_uuid};
 /// libvirt's text after the code's own prefix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretXmlError {
+    /// Not well-formed: VIR_ERR_XML_DETAIL, the parser's own words.
+    #[error("{0}")]
+    Parse(String),
+    /// Another root element: VIR_ERR_XML_ERROR from libvirt's XML layer
+    /// (error domain VIR_FROM_XML).
+    #[error("{0}")]
+    Root(String),
     /// VIR_ERR_XML_ERROR ("XML error: ...").
     #[error("{0}")]
     Xml(String),
@@ -131,12 +138,12 @@ fn child_text(node: roxmltree::Node, name: &str) -> Option<String> {
 impl SecretDef {
     pub fn parse(xml: &str) -> Result<SecretDef> {
         let doc = roxmltree::Document::parse(xml).map_err(|e| {
-            SecretXmlError::Xml(format!("(definition_of_secret):{}: {e}", e.pos().row))
+            SecretXmlError::Parse(format!("(definition_of_secret):{}: {e}", e.pos().row))
         })?;
         let root = doc.root_element();
         if root.tag_name().name() != "secret" {
-            return Err(SecretXmlError::Xml(format!(
-                "unexpected root element <{}>, expecting <secret>",
+            return Err(SecretXmlError::Root(format!(
+                "expecting root element of 'secret', not '{}'",
                 root.tag_name().name()
             )));
         }
@@ -307,9 +314,15 @@ mod tests {
         assert_eq!(e, SecretXmlError::Xml("invalid value of 'private'".into()));
         let e = SecretDef::parse("<secret><uuid>nope</uuid></secret>").unwrap_err();
         assert_eq!(e, SecretXmlError::Internal("malformed uuid element".into()));
-        assert!(matches!(
+        assert_eq!(
             SecretDef::parse("<domain/>"),
-            Err(SecretXmlError::Xml(_))
+            Err(SecretXmlError::Root(
+                "expecting root element of 'secret', not 'domain'".into()
+            ))
+        );
+        assert!(matches!(
+            SecretDef::parse("<secret"),
+            Err(SecretXmlError::Parse(_))
         ));
     }
 

@@ -5,6 +5,7 @@
 //! lookups by WWN have no row and are answered VIR_ERR_NO_SUPPORT.
 
 mod ethtool;
+pub mod monitor;
 pub mod sysfs;
 
 use qemud_config::nodedev::NodeDeviceDef;
@@ -251,22 +252,30 @@ fn unsupported_type() -> Error {
 }
 
 /// Checks a definition enough to refuse it for the right reason: not XML,
-/// not a `<device>`, a mediated device (qemud has no mdevctl support), or
-/// any other device type.
+/// not a `<device>`, a mediated device, or any other device type.
 fn refuse_definition(xml: &str) -> Error {
-    let xml_error = |m: String| Error::Other {
-        code: qemud_protocol::ErrorCode::XmlError,
-        domain: qemud_protocol::ErrorDomain::Nodedev,
-        message: format!("XML error: {m}"),
-    };
-    let is_mdev = match qemud_config::nodedev::definition_is_mdev(xml) {
-        Ok(m) => m,
-        Err(m) => return xml_error(m),
-    };
-    if is_mdev {
-        return Error::NoSupport("mediated devices (mdevctl is not available)".into());
+    use qemud_config::nodedev::DefinitionError;
+    use qemud_protocol::{ErrorCode, ErrorDomain};
+    match qemud_config::nodedev::definition_is_mdev(xml) {
+        Err(DefinitionError::Parse(m)) => Error::Other {
+            code: ErrorCode::XmlDetail,
+            domain: ErrorDomain::Nodedev,
+            message: m,
+        },
+        Err(DefinitionError::Root(m)) => Error::Other {
+            code: ErrorCode::XmlError,
+            domain: ErrorDomain::Xml,
+            message: format!("XML error: {m}"),
+        },
+        // Mediated devices are made by mdevctl, which qemud does not use:
+        // libvirt's words when mdevctl is missing.
+        Ok(true) => Error::Other {
+            code: ErrorCode::SystemError,
+            domain: ErrorDomain::None,
+            message: "Cannot find 'mdevctl' in path: No such file or directory".into(),
+        },
+        Ok(false) => unsupported_type(),
     }
-    unsupported_type()
 }
 
 async fn create_xml(_: &Call, a: NodeDeviceCreateXmlArgs) -> Result<NodeDeviceCreateXmlRet> {

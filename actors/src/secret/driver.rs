@@ -78,6 +78,14 @@ fn internal(message: String) -> Error {
 /// A bad definition, with libvirt's code and prefix.
 pub fn xml_error(e: SecretXmlError) -> Error {
     let (code, message) = match e {
+        SecretXmlError::Parse(m) => (ErrorCode::XmlDetail, m),
+        SecretXmlError::Root(m) => {
+            return Error::Other {
+                code: ErrorCode::XmlError,
+                domain: ErrorDomain::Xml,
+                message: format!("XML error: {m}"),
+            }
+        }
         SecretXmlError::Xml(m) => (ErrorCode::XmlError, format!("XML error: {m}")),
         SecretXmlError::Unsupported(m) => (
             ErrorCode::ConfigUnsupported,

@@ -39,9 +39,14 @@ async fn op(call: &Call, op: SecretOp) -> Result<SecretReply> {
 
 fn check_flags(flags: u32, allowed: u32, function: &'static str) -> Result<()> {
     if flags & !allowed != 0 {
-        return Err(Error::UnsupportedFlags {
+        let e = Error::UnsupportedFlags {
             flags: flags & !allowed,
             function,
+        };
+        return Err(Error::Other {
+            code: e.code(),
+            domain: qemud_protocol::ErrorDomain::Secret,
+            message: e.to_string(),
         });
     }
     Ok(())
