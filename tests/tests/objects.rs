@@ -556,3 +556,149 @@ print("ok")
     let r = python(&uri, script);
     assert_eq!(r.ok().trim(), "ok", "{}", r.stderr);
 }
+
+/// A daemon running in a network namespace of its own (with its own view of
+/// /sys/class/net), so the test can add and remove links freely.
+struct NetnsDaemon {
+    ns: String,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl NetnsDaemon {
+    fn start(ns: &str) -> NetnsDaemon {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip netns add {ns}");
+        let dir = tempfile::Builder::new()
+            .prefix("qd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("qemud.log")).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(binary("qemud"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "info,qemud_actors=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn qemud in a namespace");
+        let d = NetnsDaemon {
+            ns: ns.to_owned(),
+            dir,
+            child,
+        };
+        let sock = d.dir.path().join("run/libvirt-sock");
+        wait_until(20, "qemud in its namespace", || {
+            UnixStream::connect(&sock).is_ok()
+        });
+        d
+    }
+
+    fn uri(&self) -> String {
+        format!(
+            "qemu+unix:///system?socket={}",
+            self.dir.path().join("run/libvirt-sock").display()
+        )
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let ok = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip -n {} {args:?}", self.ns);
+    }
+}
+
+impl Drop for NetnsDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[test]
+fn node_device_events_follow_the_kernel() {
+    let ns = format!("qdobj{}", std::process::id());
+    let d = NetnsDaemon::start(&ns);
+    let uri = d.uri();
+    assert_eq!(
+        virsh(&uri, &["nodedev-list", "--cap", "net"]).ok().trim(),
+        "net_lo_00_00_00_00_00_00"
+    );
+    // A python3-libvirt subscriber that says when it is registered.
+    let script = r#"
+import libvirt, os, sys
+libvirt.virEventRegisterDefaultImpl()
+conn = libvirt.open(os.environ["QEMUD_URI"])
+names = {0: "Created", 1: "Deleted"}
+def cb(c, dev, event, detail, opaque):
+    print("event 'lifecycle' for node device %s: %s" % (dev.name(), names.get(event, event)), flush=True)
+conn.nodeDeviceEventRegisterAny(None, libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, cb, None)
+print("ready", flush=True)
+while True:
+    libvirt.virEventRunDefaultImpl()
+"#;
+    let mut w = Watcher::spawn(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .env("QEMUD_URI", &uri),
+    );
+    w.expect("ready", 20);
+    d.ip(&[
+        "link",
+        "add",
+        "qdv1",
+        "address",
+        "52:54:00:aa:bb:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "qdv2",
+        "address",
+        "52:54:00:aa:bb:02",
+    ]);
+    w.expect(
+        "event 'lifecycle' for node device net_qdv1_52_54_00_aa_bb_01: Created",
+        10,
+    );
+    w.expect(
+        "event 'lifecycle' for node device net_qdv2_52_54_00_aa_bb_02: Created",
+        10,
+    );
+    let xml = virsh(&uri, &["iface-dumpxml", "qdv1"]).ok().to_owned();
+    assert!(xml.contains("<mac address='52:54:00:aa:bb:01'/>"), "{xml}");
+    assert_eq!(
+        virsh(&uri, &["iface-name", "52:54:00:aa:bb:02"])
+            .ok()
+            .trim(),
+        "qdv2"
+    );
+    d.ip(&["link", "del", "qdv1"]);
+    w.expect(
+        "event 'lifecycle' for node device net_qdv1_52_54_00_aa_bb_01: Deleted",
+        10,
+    );
+    w.expect(
+        "event 'lifecycle' for node device net_qdv2_52_54_00_aa_bb_02: Deleted",
+        10,
+    );
+}
