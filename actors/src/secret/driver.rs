@@ -37,9 +37,22 @@ pub const LIST_PRIVATE: u32 = 1 << 2;
 pub const LIST_NO_PRIVATE: u32 = 1 << 3;
 pub const LIST_ALL_FLAGS: u32 = LIST_EPHEMERAL | LIST_NO_EPHEMERAL | LIST_PRIVATE | LIST_NO_PRIVATE;
 
+/// A secret's bytes, wiped from memory when dropped or replaced.
+struct SecretValue(Vec<u8>);
+
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference; the
+            // volatile write keeps the compiler from dropping the wipe.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 struct Secret {
     def: SecretDef,
-    value: Option<Vec<u8>>,
+    value: Option<SecretValue>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -256,7 +269,9 @@ impl SecretDriver {
             return Err(format!("<uuid> does not match secret file name '{stem}'"));
         }
         let value = match fs::read_to_string(self.value_path(&def.uuid)) {
-            Ok(text) => Some(base64_decode(&text).ok_or("invalid base64 value file")?),
+            Ok(text) => Some(SecretValue(
+                base64_decode(&text).ok_or("invalid base64 value file")?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.to_string()),
         };
@@ -353,11 +368,10 @@ impl SecretDriver {
             }
         }
         let was_ephemeral = old.map(|o| o.def.ephemeral);
-        let value = old.and_then(|o| o.value.clone());
         if !def.ephemeral {
             if was_ephemeral == Some(true) {
-                if let Some(v) = &value {
-                    self.save_value(&def.uuid, v)?;
+                if let Some(v) = old.and_then(|o| o.value.as_ref()) {
+                    self.save_value(&def.uuid, &v.0)?;
                 }
             }
             if let Err(e) = self.save_def(&def) {
@@ -369,22 +383,28 @@ impl SecretDriver {
         } else if was_ephemeral == Some(false) {
             self.delete_files(&def.uuid)?;
         }
-        self.secrets.insert(
-            def.uuid,
-            Secret {
-                def: def.clone(),
-                value,
-            },
-        );
+        match self.secrets.get_mut(&def.uuid) {
+            Some(s) => s.def = def.clone(),
+            None => {
+                self.secrets.insert(
+                    def.uuid,
+                    Secret {
+                        def: def.clone(),
+                        value: None,
+                    },
+                );
+            }
+        }
         info!(uuid = %uuid_str, usage = def.usage_type.name(), "secret defined");
         self.publish_lifecycle(&def, EVENT_DEFINED);
         Ok(def)
     }
 
     fn set_value(&mut self, uuid: &Uuid, value: Vec<u8>) -> Result<()> {
+        let value = SecretValue(value);
         let s = self.get(uuid)?;
         if !s.def.ephemeral {
-            self.save_value(uuid, &value)?;
+            self.save_value(uuid, &value.0)?;
         }
         let def = s.def.clone();
         if let Some(s) = self.secrets.get_mut(uuid) {
@@ -405,7 +425,7 @@ impl SecretDriver {
                 message: "Invalid secret: secret is private".into(),
             });
         }
-        s.value.clone().ok_or_else(|| {
+        s.value.as_ref().map(|v| v.0.clone()).ok_or_else(|| {
             Error::NoSecret(format!(
                 "secret '{}' does not have a value",
                 uuid.hyphenated()
@@ -470,5 +490,76 @@ impl Handler<SecretOp> for SecretDriver {
             SecretOp::Undefine { uuid } => self.undefine(&uuid).map(|()| SecretReply::Done),
             SecretOp::List { flags } => Ok(SecretReply::Defs(self.list(flags))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str =
+        "<secret ephemeral='no' private='no'><uuid>c5e1b8a4-1a3c-4b8e-9d6c-3e1f2a4b5c6d</uuid>\
+                       <usage type='iscsi'><target>iqn.x</target></usage></secret>";
+
+    fn with_driver(f: impl FnOnce(&Path, Addr<EventBus>)) {
+        let dir = tempfile::tempdir().unwrap();
+        actix::System::new().block_on(async {
+            let bus = EventBus::default().start();
+            f(dir.path(), bus);
+        });
+    }
+
+    #[test]
+    fn persistence_follows_the_ephemeral_flag() {
+        with_driver(|dir, bus| {
+            let secrets = dir.join("secrets");
+            let mut d = SecretDriver::load(secrets.clone(), bus.clone());
+            let def = d.define(XML).unwrap();
+            let xml_file = secrets.join(format!("{}.xml", def.uuid));
+            let value_file = secrets.join(format!("{}.base64", def.uuid));
+            d.set_value(&def.uuid, b"v1".to_vec()).unwrap();
+            assert_eq!(fs::read_to_string(&value_file).unwrap(), "djE=");
+
+            // Persistent → ephemeral: the files go, the value stays.
+            d.define(&XML.replace("ephemeral='no'", "ephemeral='yes'"))
+                .unwrap();
+            assert!(!xml_file.exists() && !value_file.exists());
+            assert_eq!(d.get_value(&def.uuid).unwrap(), b"v1");
+
+            // Ephemeral → persistent: the value is written out again.
+            d.define(XML).unwrap();
+            assert_eq!(fs::read_to_string(&value_file).unwrap(), "djE=");
+
+            // A restart reads both back.
+            let d2 = SecretDriver::load(secrets.clone(), bus.clone());
+            assert_eq!(d2.get_value(&def.uuid).unwrap(), b"v1");
+            assert_eq!(d2.list(0).len(), 1);
+        });
+    }
+
+    #[test]
+    fn redefinition_rules_are_libvirts() {
+        with_driver(|dir, bus| {
+            let mut d = SecretDriver::load(dir.join("secrets"), bus);
+            d.define(&XML.replace("private='no'", "private='yes'"))
+                .unwrap();
+            let e = d.define(XML).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "internal error: cannot change private flag on existing secret"
+            );
+            let e = d.define(&XML.replace("iqn.x", "iqn.y")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "internal error: a secret with UUID c5e1b8a4-1a3c-4b8e-9d6c-3e1f2a4b5c6d is already defined for use with iqn.x"
+            );
+            let e = d.define(&XML.replace("c5e1b8a4", "d5e1b8a4")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "internal error: a secret with UUID c5e1b8a4-1a3c-4b8e-9d6c-3e1f2a4b5c6d already defined for use with iqn.x"
+            );
+            assert_eq!(d.list(LIST_PRIVATE).len(), 1);
+            assert_eq!(d.list(LIST_NO_PRIVATE).len(), 0);
+        });
     }
 }
