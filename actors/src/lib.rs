@@ -38,6 +38,7 @@ pub struct Services {
     pub registry: Addr<domain::registry::Registry>,
     pub events: Addr<events::EventBus>,
     pub secrets: Addr<secret::driver::SecretDriver>,
+    pub nodedevs: nodedev::NodeDevices,
     /// The driver URI clients get from `virConnectGetURI`.
     pub uri: String,
 }

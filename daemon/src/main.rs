@@ -134,7 +134,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         settings.state_dir.join("secrets"),
         events.clone(),
     ));
-    let _nodedev_monitor = qemud_actors::nodedev::monitor::NodeDeviceMonitor::start(events.clone());
+    let nodedevs = qemud_actors::nodedev::NodeDevices::start(events.clone());
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",
@@ -146,6 +146,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         registry,
         events,
         secrets,
+        nodedevs,
         uri: uri.to_owned(),
     });
 

@@ -1,5 +1,6 @@
-//! The node device driver: host devices read from sysfs ([`sysfs`]) on each
-//! call, so answers follow hotplug without a watcher. Creating, defining
+//! The node device driver: host devices read from sysfs ([`sysfs`]), kept
+//! current by the [`monitor::NodeDeviceMonitor`] actor, which follows the
+//! kernel's device events and publishes node device events. Creating, defining
 //! and destroying devices is refused as libvirt refuses it for devices that
 //! are neither mediated devices nor vHBAs (qemud manages neither); SCSI host
 //! lookups by WWN have no row and are answered VIR_ERR_NO_SUPPORT.
@@ -8,7 +9,11 @@ mod ethtool;
 pub mod monitor;
 pub mod sysfs;
 
-use qemud_config::nodedev::NodeDeviceDef;
+use std::sync::Arc;
+
+use actix::Addr;
+
+use qemud_config::nodedev::{Capability, NodeDeviceDef};
 use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::*;
 use qemud_protocol::xdr::XdrString;
@@ -72,28 +77,55 @@ const LIST_ACTIVE: u32 = 1 << 31;
 /// Most names one legacy list call returns (`REMOTE_NODE_DEVICE_LIST_MAX`).
 const LIST_MAX: i32 = 65536;
 
+/// The driver's handle in [`crate::Services`]: the device list and the
+/// actor that keeps it current.
+pub struct NodeDevices {
+    cache: Arc<monitor::DeviceCache>,
+    _monitor: Addr<monitor::NodeDeviceMonitor>,
+}
+
+impl NodeDevices {
+    pub fn start(events: Addr<crate::events::EventBus>) -> NodeDevices {
+        let (cache, monitor) = monitor::NodeDeviceMonitor::start(events);
+        NodeDevices {
+            cache,
+            _monitor: monitor,
+        }
+    }
+
+    fn list(&self) -> Arc<Vec<NodeDeviceDef>> {
+        self.cache.snapshot()
+    }
+}
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn find(name: &str) -> Result<NodeDeviceDef> {
-    sysfs::scan()
-        .into_iter()
+fn find(call: &Call, name: &str) -> Result<NodeDeviceDef> {
+    call.svc
+        .nodedevs
+        .list()
+        .iter()
         .find(|d| d.name == name)
+        .cloned()
         .ok_or_else(|| Error::NoNodeDevice(format!("no node device with matching name '{name}'")))
 }
 
-/// The devices with capability `cap` (all without one); an unknown
-/// capability matches nothing, as in libvirt.
-fn with_cap(cap: Option<&str>) -> Vec<NodeDeviceDef> {
-    sysfs::scan()
-        .into_iter()
+/// The names of the devices with capability `cap` (all without one); an
+/// unknown capability matches nothing, as in libvirt.
+fn with_cap(call: &Call, cap: Option<&str>) -> Vec<String> {
+    call.svc
+        .nodedevs
+        .list()
+        .iter()
         .filter(|d| cap.is_none_or(|c| d.cap_names().iter().any(|n| n == c)))
+        .map(|d| d.name.clone())
         .collect()
 }
 
 async fn list_all(
-    _: &Call,
+    call: &Call,
     a: ConnectListAllNodeDevicesArgs,
 ) -> Result<ConnectListAllNodeDevicesRet> {
     let allowed = CAP_MASK | LIST_ACTIVE | LIST_INACTIVE;
@@ -110,12 +142,15 @@ async fn list_all(
         .collect();
     // Every device read from sysfs is active.
     let state_ok = a.flags & (LIST_ACTIVE | LIST_INACTIVE) == 0 || a.flags & LIST_ACTIVE != 0;
-    let devices: Vec<NonnullNodeDevice> = sysfs::scan()
-        .into_iter()
+    let devices: Vec<NonnullNodeDevice> = call
+        .svc
+        .nodedevs
+        .list()
+        .iter()
         .filter(|_| state_ok)
         .filter(|d| wanted.is_empty() || d.cap_names().iter().any(|c| wanted.contains(&c.as_str())))
         .map(|d| NonnullNodeDevice {
-            name: d.name.into(),
+            name: d.name.as_str().into(),
         })
         .collect();
     let ret = u32::try_from(devices.len()).unwrap_or(u32::MAX);
@@ -130,7 +165,7 @@ async fn list_all(
     })
 }
 
-async fn num_of_devices(_: &Call, a: NodeNumOfDevicesArgs) -> Result<NodeNumOfDevicesRet> {
+async fn num_of_devices(call: &Call, a: NodeNumOfDevicesArgs) -> Result<NodeNumOfDevicesRet> {
     if a.flags != 0 {
         return Err(Error::UnsupportedFlags {
             flags: a.flags,
@@ -139,11 +174,11 @@ async fn num_of_devices(_: &Call, a: NodeNumOfDevicesArgs) -> Result<NodeNumOfDe
     }
     let cap = a.cap.as_ref().map(|c| c.as_str());
     Ok(NodeNumOfDevicesRet {
-        num: count(with_cap(cap).len()),
+        num: count(with_cap(call, cap).len()),
     })
 }
 
-async fn list_devices(_: &Call, a: NodeListDevicesArgs) -> Result<NodeListDevicesRet> {
+async fn list_devices(call: &Call, a: NodeListDevicesArgs) -> Result<NodeListDevicesRet> {
     if a.flags != 0 {
         return Err(Error::UnsupportedFlags {
             flags: a.flags,
@@ -154,10 +189,10 @@ async fn list_devices(_: &Call, a: NodeListDevicesArgs) -> Result<NodeListDevice
         return Err(Error::Rpc("maxnames > REMOTE_NODE_DEVICE_LIST_MAX".into()));
     }
     let cap = a.cap.as_ref().map(|c| c.as_str());
-    let names: Vec<XdrString> = with_cap(cap)
+    let names: Vec<XdrString> = with_cap(call, cap)
         .into_iter()
         .take(usize::try_from(a.maxnames).unwrap_or(0))
-        .map(|d| d.name.into())
+        .map(XdrString::from)
         .collect();
     Ok(NodeListDevicesRet {
         names: names.into(),
@@ -165,10 +200,10 @@ async fn list_devices(_: &Call, a: NodeListDevicesArgs) -> Result<NodeListDevice
 }
 
 async fn lookup_by_name(
-    _: &Call,
+    call: &Call,
     a: NodeDeviceLookupByNameArgs,
 ) -> Result<NodeDeviceLookupByNameRet> {
-    let d = find(a.name.as_str())?;
+    let d = find(call, a.name.as_str())?;
     Ok(NodeDeviceLookupByNameRet {
         dev: NonnullNodeDevice {
             name: d.name.into(),
@@ -176,7 +211,7 @@ async fn lookup_by_name(
     })
 }
 
-async fn get_xml_desc(_: &Call, a: NodeDeviceGetXmlDescArgs) -> Result<NodeDeviceGetXmlDescRet> {
+async fn get_xml_desc(call: &Call, a: NodeDeviceGetXmlDescArgs) -> Result<NodeDeviceGetXmlDescRet> {
     // VIR_NODE_DEVICE_XML_INACTIVE is the only flag.
     if a.flags & !1 != 0 {
         return Err(Error::UnsupportedFlags {
@@ -184,13 +219,18 @@ async fn get_xml_desc(_: &Call, a: NodeDeviceGetXmlDescArgs) -> Result<NodeDevic
             function: "nodeDeviceGetXMLDesc",
         });
     }
+    let mut def = find(call, a.name.as_str())?;
+    // Link state changes without a device event; libvirt rereads it too.
+    if let (Capability::Net(net), Some(path)) = (&mut def.cap, &def.path) {
+        net.link = crate::interface::link_info(std::path::Path::new(path));
+    }
     Ok(NodeDeviceGetXmlDescRet {
-        xml: find(a.name.as_str())?.to_xml().into(),
+        xml: def.to_xml().into(),
     })
 }
 
-async fn get_parent(_: &Call, a: NodeDeviceGetParentArgs) -> Result<NodeDeviceGetParentRet> {
-    let d = find(a.name.as_str())?;
+async fn get_parent(call: &Call, a: NodeDeviceGetParentArgs) -> Result<NodeDeviceGetParentRet> {
+    let d = find(call, a.name.as_str())?;
     match d.parent {
         Some(p) => Ok(NodeDeviceGetParentRet {
             parent_name: Some(p.into()),
@@ -203,14 +243,14 @@ async fn get_parent(_: &Call, a: NodeDeviceGetParentArgs) -> Result<NodeDeviceGe
     }
 }
 
-async fn num_of_caps(_: &Call, a: NodeDeviceNumOfCapsArgs) -> Result<NodeDeviceNumOfCapsRet> {
+async fn num_of_caps(call: &Call, a: NodeDeviceNumOfCapsArgs) -> Result<NodeDeviceNumOfCapsRet> {
     Ok(NodeDeviceNumOfCapsRet {
-        num: count(find(a.name.as_str())?.cap_names().len()),
+        num: count(find(call, a.name.as_str())?.cap_names().len()),
     })
 }
 
-async fn list_caps(_: &Call, a: NodeDeviceListCapsArgs) -> Result<NodeDeviceListCapsRet> {
-    let names: Vec<XdrString> = find(a.name.as_str())?
+async fn list_caps(call: &Call, a: NodeDeviceListCapsArgs) -> Result<NodeDeviceListCapsRet> {
+    let names: Vec<XdrString> = find(call, a.name.as_str())?
         .cap_names()
         .into_iter()
         .take(usize::try_from(a.maxnames).unwrap_or(0))
@@ -221,24 +261,24 @@ async fn list_caps(_: &Call, a: NodeDeviceListCapsArgs) -> Result<NodeDeviceList
     })
 }
 
-async fn is_active(_: &Call, a: NodeDeviceIsActiveArgs) -> Result<NodeDeviceIsActiveRet> {
-    find(a.name.as_str())?;
+async fn is_active(call: &Call, a: NodeDeviceIsActiveArgs) -> Result<NodeDeviceIsActiveRet> {
+    find(call, a.name.as_str())?;
     Ok(NodeDeviceIsActiveRet { active: 1 })
 }
 
 async fn is_persistent(
-    _: &Call,
+    call: &Call,
     a: NodeDeviceIsPersistentArgs,
 ) -> Result<NodeDeviceIsPersistentRet> {
-    find(a.name.as_str())?;
+    find(call, a.name.as_str())?;
     Ok(NodeDeviceIsPersistentRet { persistent: 1 })
 }
 
 async fn get_autostart(
-    _: &Call,
+    call: &Call,
     a: NodeDeviceGetAutostartArgs,
 ) -> Result<NodeDeviceGetAutostartRet> {
-    find(a.name.as_str())?;
+    find(call, a.name.as_str())?;
     Ok(NodeDeviceGetAutostartRet { autostart: 1 })
 }
 
@@ -286,17 +326,17 @@ async fn define_xml(_: &Call, a: NodeDeviceDefineXmlArgs) -> Result<NodeDeviceDe
     Err(refuse_definition(a.xml_desc.as_str()))
 }
 
-async fn destroy(_: &Call, a: NodeDeviceDestroyArgs) -> Result<()> {
-    find(a.name.as_str())?;
+async fn destroy(call: &Call, a: NodeDeviceDestroyArgs) -> Result<()> {
+    find(call, a.name.as_str())?;
     Err(unsupported_type())
 }
 
-async fn undefine(_: &Call, a: NodeDeviceUndefineArgs) -> Result<()> {
-    find(a.name.as_str())?;
+async fn undefine(call: &Call, a: NodeDeviceUndefineArgs) -> Result<()> {
+    find(call, a.name.as_str())?;
     Err(unsupported_type())
 }
 
-async fn create(_: &Call, a: NodeDeviceCreateArgs) -> Result<()> {
-    find(a.name.as_str())?;
+async fn create(call: &Call, a: NodeDeviceCreateArgs) -> Result<()> {
+    find(call, a.name.as_str())?;
     Err(unsupported_type())
 }

@@ -1,12 +1,14 @@
-//! Node device lifecycle events. The `NodeDeviceMonitor` actor listens to
-//! the kernel's device events (a NETLINK_KOBJECT_UEVENT socket, as udev
-//! does), rescans sysfs after each burst of them and publishes
-//! `VIR_NODE_DEVICE_EVENT_CREATED` / `DELETED` for the devices that came or
-//! went. Where the socket cannot be opened it rescans on a timer instead.
+//! The node device list and its lifecycle events. The `NodeDeviceMonitor`
+//! actor is the only writer of the [`DeviceCache`] that calls read: it
+//! listens to the kernel's device events (a NETLINK_KOBJECT_UEVENT socket,
+//! as udev does), rescans sysfs after each burst of them, swaps the new list
+//! in and publishes `VIR_NODE_DEVICE_EVENT_CREATED` / `DELETED` for the
+//! devices that came or went. Where the socket cannot be opened it rescans
+//! on a timer instead.
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -14,6 +16,7 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
+use qemud_config::nodedev::NodeDeviceDef;
 use qemud_protocol::remote::procs::NODE_DEVICE_EVENT_LIFECYCLE;
 use qemud_protocol::remote::NonnullNodeDevice;
 
@@ -38,8 +41,32 @@ const NETLINK_KOBJECT_UEVENT: libc::c_int = 15;
 #[rtype(result = "()")]
 struct Rescan;
 
+/// The devices as last scanned, sorted by name. Readers take a snapshot
+/// (an `Arc`), so a rescan never waits for them nor they for it.
+#[derive(Default)]
+pub struct DeviceCache {
+    devices: RwLock<Arc<Vec<NodeDeviceDef>>>,
+}
+
+impl DeviceCache {
+    pub fn snapshot(&self) -> Arc<Vec<NodeDeviceDef>> {
+        match self.devices.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, devices: Vec<NodeDeviceDef>) {
+        let new = Arc::new(devices);
+        match self.devices.write() {
+            Ok(mut d) => *d = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
 pub struct NodeDeviceMonitor {
-    known: BTreeSet<String>,
+    cache: Arc<DeviceCache>,
     events: Addr<EventBus>,
 }
 
@@ -50,8 +77,8 @@ struct LifecycleBody {
     detail: i32,
 }
 
-fn device_names() -> BTreeSet<String> {
-    sysfs::scan().into_iter().map(|d| d.name).collect()
+fn names(devices: &[NodeDeviceDef]) -> BTreeSet<&str> {
+    devices.iter().map(|d| d.name.as_str()).collect()
 }
 
 /// A non-blocking socket that receives the kernel's device events.
@@ -127,12 +154,16 @@ async fn watch(sock: Arc<AsyncFd<OwnedFd>>, monitor: Addr<NodeDeviceMonitor>) {
 }
 
 impl NodeDeviceMonitor {
-    pub fn start(events: Addr<EventBus>) -> Addr<NodeDeviceMonitor> {
-        NodeDeviceMonitor {
-            known: device_names(),
+    /// Scans the devices once and starts following the kernel's events.
+    pub fn start(events: Addr<EventBus>) -> (Arc<DeviceCache>, Addr<NodeDeviceMonitor>) {
+        let cache = Arc::new(DeviceCache::default());
+        cache.replace(sysfs::scan());
+        let addr = NodeDeviceMonitor {
+            cache: cache.clone(),
             events,
         }
-        .start()
+        .start();
+        (cache, addr)
     }
 
     fn publish(&self, name: &str, event: i32) {
@@ -180,15 +211,17 @@ impl Handler<Rescan> for NodeDeviceMonitor {
     type Result = ();
 
     fn handle(&mut self, _: Rescan, _: &mut Self::Context) {
-        let now = device_names();
-        for gone in self.known.difference(&now) {
+        let before = self.cache.snapshot();
+        let now = sysfs::scan();
+        let (old_names, new_names) = (names(&before), names(&now));
+        for gone in old_names.difference(&new_names) {
             debug!(device = %gone, "node device removed");
             self.publish(gone, EVENT_DELETED);
         }
-        for new in now.difference(&self.known) {
+        for new in new_names.difference(&old_names) {
             debug!(device = %new, "node device added");
             self.publish(new, EVENT_CREATED);
         }
-        self.known = now;
+        self.cache.replace(now);
     }
 }

@@ -164,42 +164,83 @@ fn computer() -> NodeDeviceDef {
     }
 }
 
+/// A device's PCI config space, read a few bytes at a time: every read of
+/// it is real configuration cycles (VM exits in a guest), so only the
+/// registers asked for are read, as libvirt does.
+struct PciConfig {
+    file: fs::File,
+    len: u64,
+}
+
+impl PciConfig {
+    fn open(dir: &Path) -> Option<PciConfig> {
+        let file = fs::File::open(dir.join("config")).ok()?;
+        let len = file.metadata().ok()?.len();
+        Some(PciConfig { file, len })
+    }
+
+    fn bytes<const N: usize>(&self, at: u64) -> Option<[u8; N]> {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; N];
+        self.file.read_exact_at(&mut b, at).ok()?;
+        Some(b)
+    }
+
+    fn u8(&self, at: u64) -> Option<u8> {
+        self.bytes::<1>(at).map(|b| b[0])
+    }
+
+    fn u16(&self, at: u64) -> Option<u16> {
+        self.bytes::<2>(at).map(u16::from_le_bytes)
+    }
+
+    fn u32(&self, at: u64) -> Option<u32> {
+        self.bytes::<4>(at).map(u32::from_le_bytes)
+    }
+
+    /// The offset of capability `id` in the standard capability list:
+    /// Some(0) when absent, None when the list cannot be read.
+    fn find_capability(&self, id: u8) -> Option<u64> {
+        let status = self.u16(0x06)?;
+        if status & 0x10 == 0 {
+            return None;
+        }
+        let mut pos = self.u8(0x34)?;
+        let mut hops = 0;
+        // Capabilities live after the 64-byte header; 0xff is what an
+        // unreadable region gives.
+        while pos >= 0x40 && pos != 0xff && hops < 48 {
+            if self.u8(u64::from(pos))? == id {
+                return Some(u64::from(pos));
+            }
+            pos = self.u8(u64::from(pos) + 1)?;
+            hops += 1;
+        }
+        Some(0)
+    }
+}
+
 /// PCI Express facts from the config space, as libvirt reads them: the
-/// capability list (standard header bit 4 of the status word) and, where
-/// the config space cannot be walked, a guess from its length.
+/// capability list and, where it cannot be walked, a guess from the config
+/// space's length (256 bytes is plain PCI).
 fn pci_config_facts(dir: &Path) -> (u8, Option<Option<(PcieLink, PcieLink)>>) {
-    let Ok(cfg) = fs::read(dir.join("config")) else {
+    let Some(cfg) = PciConfig::open(dir) else {
         return (0, Some(None));
     };
-    let b = |i: usize| cfg.get(i).copied().unwrap_or(0xff);
-    let w = |i: usize| u16::from(b(i)) | (u16::from(b(i + 1)) << 8);
-    let header_type = b(0x0e) & 0x7f;
-    let status = w(0x06);
-    if cfg.len() < 0x40 || status & 0x10 == 0 {
-        let pcie = (cfg.len() != 256).then_some(None);
-        return (header_type, pcie);
-    }
-    let mut pos = usize::from(b(0x34));
-    let mut hops = 0;
-    let mut cap_pos = None;
-    while pos >= 0x40 && pos != 0xff && hops < 48 {
-        if b(pos) == 0x10 {
-            cap_pos = Some(pos);
-            break;
-        }
-        pos = usize::from(b(pos + 1));
-        hops += 1;
-    }
-    let Some(p) = cap_pos else {
-        return (header_type, None);
+    let header_type = cfg.u8(0x0e).unwrap_or(0) & 0x7f;
+    let pos = match cfg.find_capability(0x10) {
+        None => return (header_type, (cfg.len != 256).then_some(None)),
+        Some(0) => return (header_type, None),
+        Some(p) => p,
     };
-    let port_type = (w(p + 2) >> 4) & 0xf;
+    let port_type = (cfg.u16(pos + 2).unwrap_or(0) >> 4) & 0xf;
     // Root-complex integrated endpoints and event collectors have no link.
     if port_type == 9 || port_type == 10 {
         return (header_type, Some(None));
     }
-    let lnkcap = u32::from(w(p + 0x0c)) | (u32::from(w(p + 0x0e)) << 16);
-    let lnksta = w(p + 0x12);
+    let (Some(lnkcap), Some(lnksta)) = (cfg.u32(pos + 0x0c), cfg.u16(pos + 0x12)) else {
+        return (header_type, Some(None));
+    };
     let cap = PcieLink {
         port: (lnkcap >> 24) as i32,
         speed: lnkcap & 0xf,
