@@ -98,6 +98,12 @@ impl NodeDevices {
     }
 }
 
+/// libvirt marks only the computer persistent and autostarted; devices
+/// found in sysfs are neither.
+fn is_computer(d: &NodeDeviceDef) -> bool {
+    matches!(d.cap, Capability::System(_))
+}
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -270,16 +276,20 @@ async fn is_persistent(
     call: &Call,
     a: NodeDeviceIsPersistentArgs,
 ) -> Result<NodeDeviceIsPersistentRet> {
-    find(call, a.name.as_str())?;
-    Ok(NodeDeviceIsPersistentRet { persistent: 1 })
+    let d = find(call, a.name.as_str())?;
+    Ok(NodeDeviceIsPersistentRet {
+        persistent: is_computer(&d) as i32,
+    })
 }
 
 async fn get_autostart(
     call: &Call,
     a: NodeDeviceGetAutostartArgs,
 ) -> Result<NodeDeviceGetAutostartRet> {
-    find(call, a.name.as_str())?;
-    Ok(NodeDeviceGetAutostartRet { autostart: 1 })
+    let d = find(call, a.name.as_str())?;
+    Ok(NodeDeviceGetAutostartRet {
+        autostart: is_computer(&d) as i32,
+    })
 }
 
 /// libvirt's answer for a device it can neither create nor destroy.
