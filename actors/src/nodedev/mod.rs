@@ -41,6 +41,7 @@ pub fn procedures() -> Vec<Procedure> {
         call!(NODE_DEVICE_DESTROY, Write, destroy),
         call!(NODE_DEVICE_UNDEFINE, Write, undefine),
         call!(NODE_DEVICE_CREATE, Write, create),
+        call!(NODE_DEVICE_SET_AUTOSTART, Write, set_autostart),
     ]
 }
 
@@ -347,6 +348,16 @@ async fn undefine(call: &Call, a: NodeDeviceUndefineArgs) -> Result<()> {
 }
 
 async fn create(call: &Call, a: NodeDeviceCreateArgs) -> Result<()> {
+    // Every device qemud knows is present, hence active.
     find(call, a.name.as_str())?;
-    Err(unsupported_type())
+    Err(Error::OperationInvalid("Device is already active".into()))
+}
+
+async fn set_autostart(call: &Call, a: NodeDeviceSetAutostartArgs) -> Result<()> {
+    find(call, a.name.as_str())?;
+    Err(Error::Other {
+        code: qemud_protocol::ErrorCode::OperationUnsupported,
+        domain: qemud_protocol::ErrorDomain::Nodedev,
+        message: "Operation not supported: Unsupported device type".into(),
+    })
 }
