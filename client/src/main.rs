@@ -546,8 +546,10 @@ enum ObjectCmd {
     /// Set a secret's value (base64 text, or the raw bytes of a file).
     SecretSetValue {
         uuid: uuid::Uuid,
+        /// The value, base64-encoded.
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
         base64: Option<String>,
+        /// A file whose bytes, as they are, become the value.
         #[arg(long)]
         file: Option<String>,
     },
