@@ -117,6 +117,8 @@ pub struct NodeDeviceDef {
     /// The sysfs path; None for `computer`.
     pub path: Option<String>,
     pub devnode: Option<String>,
+    /// Symlinks udev made to the device node, sorted.
+    pub devlinks: Vec<String>,
     pub parent: Option<String>,
     pub driver: Option<String>,
     pub cap: Capability,
@@ -137,6 +139,9 @@ impl NodeDeviceDef {
         }
         if let Some(d) = &self.devnode {
             let _ = writeln!(o, "  <devnode type='dev'>{}</devnode>", esc(d));
+        }
+        for l in &self.devlinks {
+            let _ = writeln!(o, "  <devnode type='link'>{}</devnode>", esc(l));
         }
         if let Some(p) = &self.parent {
             let _ = writeln!(o, "  <parent>{}</parent>", esc(p));
@@ -326,6 +331,7 @@ mod tests {
             name: "pci_0000_00_01_0".into(),
             path: Some("/sys/devices/pci0000:00/0000:00:01.0".into()),
             devnode: None,
+            devlinks: Vec::new(),
             parent: Some("computer".into()),
             driver: Some("virtio-pci".into()),
             cap: Capability::Pci(PciCap {
@@ -360,6 +366,7 @@ mod tests {
             name: "computer".into(),
             path: None,
             devnode: None,
+            devlinks: Vec::new(),
             parent: None,
             driver: None,
             cap: Capability::System(SystemCap {

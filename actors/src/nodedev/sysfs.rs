@@ -43,16 +43,45 @@ fn uevent(dir: &Path) -> HashMap<String, String> {
         .collect()
 }
 
-/// Properties udev recorded for a device (`E:` lines of its database
-/// entry), where udev runs.
-fn udev_props(id: &str) -> HashMap<String, String> {
-    fs::read_to_string(Path::new("/run/udev/data").join(id))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("E:"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+/// What udev recorded about a device, where udev runs: its properties
+/// (`E:` lines of its database entry) and the symlinks it made to the
+/// device node (`S:` lines).
+#[derive(Default)]
+struct UdevEntry {
+    props: HashMap<String, String>,
+    links: Vec<String>,
+}
+
+/// The name of a device's udev database entry: `b`/`c` + major:minor for
+/// device nodes, `n` + ifindex for network devices, else
+/// `+subsystem:sysname`.
+fn udev_entry(dir: &Path, ev: &HashMap<String, String>) -> UdevEntry {
+    let subsystem = fs::read_link(dir.join("subsystem"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let id = match (ev.get("MAJOR"), ev.get("MINOR"), ev.get("IFINDEX")) {
+        (Some(ma), Some(mi), _) => {
+            let kind = if subsystem == "block" { 'b' } else { 'c' };
+            format!("{kind}{ma}:{mi}")
+        }
+        (_, _, Some(ifindex)) => format!("n{ifindex}"),
+        _ => {
+            let sysname = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            format!("+{subsystem}:{}", sysname.unwrap_or_default())
+        }
+    };
+    let text = fs::read_to_string(Path::new("/run/udev/data").join(id)).unwrap_or_default();
+    let mut entry = UdevEntry::default();
+    for line in text.lines() {
+        if let Some((k, v)) = line.strip_prefix("E:").and_then(|l| l.split_once('=')) {
+            entry.props.insert(k.to_owned(), v.to_owned());
+        } else if let Some(link) = line.strip_prefix("S:") {
+            entry.links.push(format!("/dev/{link}"));
+        }
+    }
+    entry.links.sort();
+    entry
 }
 
 /// libvirt's `nodeDeviceGenerateName`: every character that is not a
@@ -148,6 +177,7 @@ fn computer() -> NodeDeviceDef {
         name: "computer".into(),
         path: None,
         devnode: None,
+        devlinks: Vec::new(),
         parent: None,
         driver: None,
         cap: Capability::System(SystemCap {
@@ -289,6 +319,7 @@ fn pci_device(sysname: &str, dir: &Path) -> Option<NodeDeviceDef> {
         name: device_name("pci", sysname, None),
         path: Some(dir.display().to_string()),
         devnode: None,
+        devlinks: Vec::new(),
         parent: None,
         driver: driver_of(dir),
         cap: Capability::Pci(PciCap {
@@ -314,14 +345,19 @@ fn pci_device(sysname: &str, dir: &Path) -> Option<NodeDeviceDef> {
 fn usb_device(sysname: &str, dir: &Path) -> Option<NodeDeviceDef> {
     let ev = uevent(dir);
     let name = device_name("usb", sysname, None);
+    let udev = udev_entry(dir, &ev);
+    // Names from udev's hardware database where udev runs, else what the
+    // device says of itself (libvirt's order).
+    let from_db = |k: &str| udev.props.get(k).cloned();
     let cap = match ev.get("DEVTYPE").map(String::as_str) {
         Some("usb_device") => Capability::UsbDevice(UsbDeviceCap {
             bus: ev.get("BUSNUM")?.parse().ok()?,
             device: ev.get("DEVNUM")?.parse().ok()?,
             product_id: hex_attr(dir, "idProduct")?,
-            product_name: read_attr(dir, "product"),
+            product_name: from_db("ID_MODEL_FROM_DATABASE").or_else(|| read_attr(dir, "product")),
             vendor_id: hex_attr(dir, "idVendor")?,
-            vendor_name: read_attr(dir, "manufacturer"),
+            vendor_name: from_db("ID_VENDOR_FROM_DATABASE")
+                .or_else(|| read_attr(dir, "manufacturer")),
         }),
         Some("usb_interface") => Capability::UsbInterface(UsbInterfaceCap {
             number: hex_attr(dir, "bInterfaceNumber")?,
@@ -335,6 +371,7 @@ fn usb_device(sysname: &str, dir: &Path) -> Option<NodeDeviceDef> {
         name,
         path: Some(dir.display().to_string()),
         devnode: devnode_of(&ev),
+        devlinks: udev.links.clone(),
         parent: None,
         driver: driver_of(dir),
         cap,
@@ -353,6 +390,7 @@ fn net_device(ifname: &str, dir: &Path) -> Option<NodeDeviceDef> {
         name: device_name("net", ifname, address.as_deref()),
         path: Some(dir.display().to_string()),
         devnode: None,
+        devlinks: Vec::new(),
         parent: None,
         driver: driver_of(dir),
         cap: Capability::Net(NetCap {
@@ -374,10 +412,8 @@ fn block_device(sysname: &str, dir: &Path) -> Option<NodeDeviceDef> {
         return None;
     }
     let devnode = devnode_of(&ev)?;
-    let props = match (ev.get("MAJOR"), ev.get("MINOR")) {
-        (Some(ma), Some(mi)) => udev_props(&format!("b{ma}:{mi}")),
-        _ => HashMap::new(),
-    };
+    let udev = udev_entry(dir, &ev);
+    let props = &udev.props;
     let drive_type = match props.get("ID_TYPE").map(String::as_str) {
         Some(t) if t != "generic" => t.to_owned(),
         _ if props.contains_key("ID_DRIVE_FLASH_SD") => "sd".to_owned(),
@@ -401,6 +437,7 @@ fn block_device(sysname: &str, dir: &Path) -> Option<NodeDeviceDef> {
         name: device_name("block", sysname, serial.as_deref()),
         path: Some(dir.display().to_string()),
         devnode: Some(devnode.clone()),
+        devlinks: udev.links.clone(),
         parent: None,
         driver: driver_of(dir),
         cap: Capability::Storage(StorageCap {
