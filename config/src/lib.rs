@@ -1,4 +1,6 @@
-//! qemud settings and the libvirt domain XML model.
+//! qemud settings and the libvirt XML models.
 
+pub mod capabilities;
 pub mod domain;
+pub mod domcaps;
 pub mod settings;

@@ -816,6 +816,58 @@ impl Registry {
         }
     }
 
+    /// Parses `xml` and checks it against its emulator (machine type,
+    /// arch, virt type), as libvirt does before a define or a create.
+    fn validated(&self, xml: &str) -> impl ActorFuture<Self, Output = Result<()>> {
+        let host = self.host.clone();
+        let parsed = DomainDef::parse(xml).map_err(xml_error);
+        fut::wrap_future(async move { host.validate_definition(&parsed?).await })
+    }
+
+    fn create_xml(
+        &mut self,
+        xml: String,
+        paused: bool,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let ready =
+            |r: Result<Arc<DomainView>>| -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+                Box::pin(fut::ready(r))
+            };
+        let def = match DomainDef::parse(&xml).map_err(xml_error) {
+            Ok(d) => d,
+            Err(e) => return ready(Err(e)),
+        };
+        if let Err(e) = self.check_clash(&def) {
+            return ready(Err(e));
+        }
+        let uuid = def.uuid;
+        if let Some(e) = self.domains.get(&uuid) {
+            if e.live.is_some() || e.job.is_some() {
+                return ready(Err(Error::OperationInvalid(format!(
+                    "domain '{}' is already active",
+                    def.name
+                ))));
+            }
+        }
+        // A transient domain exists only while it runs: it is entered
+        // now and removed again if the start fails.
+        let existed = self.domains.contains_key(&uuid);
+        let live_def = existed.then(|| def.clone());
+        if !existed {
+            self.domains
+                .insert(uuid, Entry::inactive(def, false, false));
+        }
+        let f = self.start(uuid, paused, live_def, ctx);
+        Box::pin(f.map(move |res, act, _| {
+            if res.is_err() && !existed {
+                act.domains.remove(&uuid);
+                act.index.remove(&uuid);
+            }
+            res
+        }))
+    }
+
     fn run_op(
         &mut self,
         op: DomainOp,
@@ -826,43 +878,19 @@ impl Registry {
                 Box::pin(fut::ready(r))
             };
         match op {
-            DomainOp::Define { xml } => ready(self.define(&xml)),
+            // libvirt checks a definition against its emulator before
+            // storing or starting anything.
+            DomainOp::Define { xml } => Box::pin(self.validated(&xml).map(
+                move |res, act: &mut Self, _| res.and_then(|_| act.define(&xml)),
+            )),
             DomainOp::Undefine { uuid } => ready(self.undefine(&uuid)),
             DomainOp::SetAutostart { uuid, on } => ready(self.set_autostart(&uuid, on)),
-            DomainOp::CreateXml { xml, paused } => {
-                let def = match DomainDef::parse(&xml).map_err(xml_error) {
-                    Ok(d) => d,
-                    Err(e) => return ready(Err(e)),
-                };
-                if let Err(e) = self.check_clash(&def) {
-                    return ready(Err(e));
-                }
-                let uuid = def.uuid;
-                if let Some(e) = self.domains.get(&uuid) {
-                    if e.live.is_some() || e.job.is_some() {
-                        return ready(Err(Error::OperationInvalid(format!(
-                            "domain '{}' is already active",
-                            def.name
-                        ))));
-                    }
-                }
-                // A transient domain exists only while it runs: it is entered
-                // now and removed again if the start fails.
-                let existed = self.domains.contains_key(&uuid);
-                let live_def = existed.then(|| def.clone());
-                if !existed {
-                    self.domains
-                        .insert(uuid, Entry::inactive(def, false, false));
-                }
-                let f = self.start(uuid, paused, live_def, ctx);
-                Box::pin(f.map(move |res, act, _| {
-                    if res.is_err() && !existed {
-                        act.domains.remove(&uuid);
-                        act.index.remove(&uuid);
-                    }
-                    res
-                }))
-            }
+            DomainOp::CreateXml { xml, paused } => Box::pin(self.validated(&xml).then(
+                move |res, act: &mut Self, ctx| match res {
+                    Ok(()) => act.create_xml(xml, paused, ctx),
+                    Err(e) => Box::pin(fut::ready(Err(e))),
+                },
+            )),
             DomainOp::Start { uuid, paused } => self.start(uuid, paused, None, ctx),
             DomainOp::Shutdown { uuid } => self.qmp_op(uuid, "system_powerdown", |_| {}),
             DomainOp::Reboot { uuid } => {

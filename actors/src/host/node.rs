@@ -1,0 +1,371 @@
+//! Node statistics and facts read from the kernel, as libvirt reports them:
+//! CPU times, memory, free memory per cell, the CPU map, KSM parameters,
+//! the SMBIOS sysinfo and KVM's vCPU limit.
+
+use std::fmt::Write;
+use std::fs;
+use std::path::Path;
+
+use qemud_config::domain::esc;
+use qemud_protocol::remote::{TypedParam, TypedParamValue};
+
+use crate::error::{Error, Result};
+
+/// `VIR_NODE_CPU_STATS_ALL_CPUS` / `VIR_NODE_MEMORY_STATS_ALL_CELLS`.
+pub const ALL: i32 = -1;
+
+/// A kernel CPU list ("0-3,6") as ids.
+pub fn parse_cpu_list(text: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+                    // Bounded: a CPU list never names more than a few thousand.
+                    out.extend((a..=b).take(65_536));
+                }
+            }
+            None => {
+                if let Ok(n) = part.trim().parse() {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cpu_list(file: &str) -> Vec<u32> {
+    fs::read_to_string(Path::new("/sys/devices/system/cpu").join(file))
+        .map(|t| parse_cpu_list(&t))
+        .unwrap_or_default()
+}
+
+pub fn online_cpus() -> Vec<u32> {
+    cpu_list("online")
+}
+
+pub fn present_cpus() -> Vec<u32> {
+    cpu_list("present")
+}
+
+/// `virNodeGetCPUStats`: kernel, user, idle, iowait in nanoseconds, for one
+/// CPU or (`ALL`) the whole host. `nparams` 0 asks only for the count.
+pub fn cpu_stats(cpu_num: i32, nparams: i32) -> Result<(Vec<(String, u64)>, i32)> {
+    const COUNT: i32 = 4;
+    if nparams == 0 {
+        return Ok((Vec::new(), COUNT));
+    }
+    if nparams != COUNT {
+        return Err(Error::InvalidArg(format!(
+            "nparams in virHostCPUGetStatsLinux must be equal to {COUNT}"
+        )));
+    }
+    let stat = fs::read_to_string("/proc/stat")
+        .map_err(|e| Error::System(format!("cannot open /proc/stat: {e}")))?;
+    let header = if cpu_num == ALL {
+        "cpu ".to_owned()
+    } else {
+        format!("cpu{cpu_num} ")
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tick_ns = 1_000_000_000u64 / if hz > 0 { hz as u64 } else { 100 };
+    for line in stat.lines() {
+        let Some(rest) = line.strip_prefix(&header) else {
+            continue;
+        };
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        if v.len() < 4 {
+            continue;
+        }
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        return Ok((
+            vec![
+                ("kernel".into(), (at(2) + at(5) + at(6)) * tick_ns),
+                ("user".into(), (at(0) + at(1)) * tick_ns),
+                ("idle".into(), at(3) * tick_ns),
+                ("iowait".into(), at(4) * tick_ns),
+            ],
+            COUNT,
+        ));
+    }
+    Err(Error::InvalidArg("Invalid cpuNum in virHostCPUGetStatsLinux".into()))
+}
+
+/// The highest NUMA node number, 0 without NUMA.
+fn max_node() -> i32 {
+    fs::read_to_string("/sys/devices/system/node/online")
+        .map(|t| parse_cpu_list(&t).into_iter().max().unwrap_or(0) as i32)
+        .unwrap_or(0)
+}
+
+fn numa() -> bool {
+    Path::new("/sys/devices/system/node/node0/meminfo").exists()
+}
+
+/// `virNodeGetMemoryStats`: total, free, buffers, cached in KiB for the
+/// host; total and free for one cell.
+pub fn memory_stats(cell_num: i32, nparams: i32) -> Result<(Vec<(String, u64)>, i32)> {
+    let mut cell = cell_num;
+    if !numa() && cell == 0 {
+        cell = ALL;
+    }
+    let count = if cell == ALL { 4 } else { 2 };
+    let text = if cell == ALL {
+        fs::read_to_string("/proc/meminfo")
+    } else {
+        let max = max_node();
+        if cell < 0 || cell > max {
+            return Err(Error::InvalidArg(format!(
+                "cellNum in virHostMemGetStats must be less than or equal to {max}"
+            )));
+        }
+        fs::read_to_string(format!("/sys/devices/system/node/node{cell}/meminfo"))
+    }
+    .map_err(|e| Error::System(format!("cannot read memory information: {e}")))?;
+    if nparams == 0 {
+        return Ok((Vec::new(), count));
+    }
+    if nparams != count {
+        return Err(Error::InvalidArg(format!(
+            "nparams in virHostMemGetStatsLinux must be {count}"
+        )));
+    }
+    let fields = [
+        ("MemTotal:", "total"),
+        ("MemFree:", "free"),
+        ("Buffers:", "buffers"),
+        ("Cached:", "cached"),
+    ];
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // Per-node files prefix each line with "Node N ".
+        let line = match line.strip_prefix("Node ") {
+            Some(rest) => rest.split_once(' ').map(|(_, r)| r).unwrap_or(rest),
+            None => line,
+        };
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(val)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if let Some((_, field)) = fields.iter().find(|(k, _)| *k == key) {
+            out.push((field.to_string(), val.parse().unwrap_or(0)));
+            if out.len() as i32 >= count {
+                break;
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Internal("no available memory line found".into()));
+    }
+    Ok((out, count))
+}
+
+fn meminfo_kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .map(|l| match l.strip_prefix("Node ") {
+            Some(rest) => rest.split_once(' ').map(|(_, r)| r).unwrap_or(rest),
+            None => l,
+        })
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `virNodeGetCellsFreeMemory`: free bytes of cells `start..start+max`.
+pub fn cells_free_memory(start: i32, max_cells: i32) -> Result<Vec<u64>> {
+    let last = max_node();
+    if start < 0 || start > last {
+        return Err(Error::InvalidArg(format!(
+            "start cell {start} out of range (0-{last})"
+        )));
+    }
+    if !numa() {
+        let text = fs::read_to_string("/proc/meminfo")
+            .map_err(|e| Error::System(format!("cannot read /proc/meminfo: {e}")))?;
+        return Ok(vec![meminfo_kib(&text, "MemFree:") * 1024]);
+    }
+    let end = (start as i64 + max_cells.max(0) as i64 - 1).min(last as i64) as i32;
+    let mut out = Vec::new();
+    for cell in start..=end {
+        let text = fs::read_to_string(format!("/sys/devices/system/node/node{cell}/meminfo"))
+            .unwrap_or_default();
+        out.push(meminfo_kib(&text, "MemFree:") * 1024);
+    }
+    Ok(out)
+}
+
+/// `virNodeGetCPUMap`: a bitmap of online CPUs over the present ones.
+pub fn cpu_map() -> (Vec<u8>, u32, i32) {
+    let present = present_cpus();
+    let total = present.iter().max().map(|m| m + 1).unwrap_or(0);
+    let online = online_cpus();
+    let mut map = vec![0u8; total.div_ceil(8) as usize];
+    for c in &online {
+        if let Some(b) = map.get_mut((*c / 8) as usize) {
+            *b |= 1 << (c % 8);
+        }
+    }
+    (map, online.len() as u32, total as i32)
+}
+
+/// `virNodeGetMemoryParameters`: the kernel's KSM settings and counters.
+pub fn memory_parameters(nparams: i32) -> (Vec<TypedParam>, i32) {
+    const FIELDS: &[(&str, &str, bool)] = &[
+        ("pages_to_scan", "shm_pages_to_scan", false),
+        ("sleep_millisecs", "shm_sleep_millisecs", false),
+        ("pages_shared", "shm_pages_shared", true),
+        ("pages_sharing", "shm_pages_sharing", true),
+        ("pages_unshared", "shm_pages_unshared", true),
+        ("pages_volatile", "shm_pages_volatile", true),
+        ("full_scans", "shm_full_scans", true),
+        ("merge_across_nodes", "shm_merge_across_nodes", false),
+    ];
+    if nparams == 0 {
+        return (Vec::new(), FIELDS.len() as i32);
+    }
+    let mut out = Vec::new();
+    for (file, field, wide) in FIELDS.iter().take(nparams.max(0) as usize) {
+        let Ok(text) = fs::read_to_string(Path::new("/sys/kernel/mm/ksm").join(file)) else {
+            continue;
+        };
+        let v: u64 = text.trim().parse().unwrap_or(0);
+        out.push(TypedParam {
+            field: (*field).into(),
+            value: if *wide {
+                TypedParamValue::Ul(v)
+            } else {
+                TypedParamValue::Ui(v as u32)
+            },
+        });
+    }
+    let n = out.len() as i32;
+    (out, n)
+}
+
+/// `virConnectGetSysinfo`: the host's SMBIOS data as the kernel exposes it.
+pub fn sysinfo_xml() -> Result<String> {
+    let dir = Path::new("/sys/class/dmi/id");
+    if !dir.is_dir() {
+        return Err(Error::ConfigUnsupported(
+            "Host SMBIOS information is not available".into(),
+        ));
+    }
+    let read = |f: &str| {
+        fs::read_to_string(dir.join(f))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let section = |x: &mut String, tag: &str, entries: &[(&str, &str)]| {
+        let vals: Vec<(&str, String)> = entries
+            .iter()
+            .filter_map(|(name, file)| read(file).map(|v| (*name, v)))
+            .collect();
+        if vals.is_empty() {
+            return;
+        }
+        let _ = writeln!(x, "  <{tag}>");
+        for (name, v) in vals {
+            let _ = writeln!(x, "    <entry name='{name}'>{}</entry>", esc(&v));
+        }
+        let _ = writeln!(x, "  </{tag}>");
+    };
+    let mut x = String::from("<sysinfo type='smbios'>\n");
+    section(
+        &mut x,
+        "bios",
+        &[
+            ("vendor", "bios_vendor"),
+            ("version", "bios_version"),
+            ("date", "bios_date"),
+            ("release", "bios_release"),
+        ],
+    );
+    section(
+        &mut x,
+        "system",
+        &[
+            ("manufacturer", "sys_vendor"),
+            ("product", "product_name"),
+            ("version", "product_version"),
+            ("serial", "product_serial"),
+            ("uuid", "product_uuid"),
+            ("sku", "product_sku"),
+            ("family", "product_family"),
+        ],
+    );
+    section(
+        &mut x,
+        "baseBoard",
+        &[
+            ("manufacturer", "board_vendor"),
+            ("product", "board_name"),
+            ("version", "board_version"),
+            ("serial", "board_serial"),
+            ("asset", "board_asset_tag"),
+        ],
+    );
+    section(
+        &mut x,
+        "chassis",
+        &[
+            ("manufacturer", "chassis_vendor"),
+            ("version", "chassis_version"),
+            ("serial", "chassis_serial"),
+            ("asset", "chassis_asset_tag"),
+        ],
+    );
+    x.push_str("</sysinfo>\n");
+    Ok(x)
+}
+
+/// KVM's vCPU limit, as libvirt asks /dev/kvm for it.
+pub fn kvm_max_vcpus() -> std::result::Result<i32, String> {
+    use std::os::fd::AsRawFd;
+    const KVM_CHECK_EXTENSION: libc::c_ulong = 0xAE03;
+    const KVM_CAP_NR_VCPUS: libc::c_ulong = 9;
+    const KVM_CAP_MAX_VCPUS: libc::c_ulong = 66;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("Unable to open /dev/kvm: {e}"))?;
+    for cap in [KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS] {
+        // SAFETY: KVM_CHECK_EXTENSION takes an integer and writes nothing.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), KVM_CHECK_EXTENSION as _, cap) };
+        if r > 0 {
+            return Ok(r);
+        }
+    }
+    Ok(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,6\n"), vec![0, 1, 2, 3, 6]);
+        assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn host_stats_have_libvirts_fields() {
+        let (_, n) = cpu_stats(ALL, 0).expect("count");
+        assert_eq!(n, 4);
+        let (v, _) = cpu_stats(ALL, 4).expect("stats");
+        let names: Vec<_> = v.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["kernel", "user", "idle", "iowait"]);
+        assert!(cpu_stats(100_000, 4).is_err());
+        let (m, _) = memory_stats(ALL, 4).expect("memory");
+        assert_eq!(m[0].0, "total");
+        assert!(m[0].1 > 0);
+    }
+}
