@@ -100,6 +100,7 @@ pub fn model_names(arch: &str) -> Result<Vec<String>> {
 #[derive(Debug, Default)]
 pub struct CpuSpec {
     pub mode: String,
+    pub arch: Option<String>,
     pub model: Option<String>,
     pub vendor: Option<String>,
     pub require: BTreeSet<String>,
@@ -129,6 +130,7 @@ pub fn parse_cpu(xml: &str) -> Result<CpuSpec> {
     for n in cpu.children().filter(|n| n.is_element()) {
         match n.tag_name().name() {
             "model" => spec.model = n.text().map(|t| t.trim().to_owned()),
+            "arch" => spec.arch = n.text().map(|t| t.trim().to_owned()),
             "vendor" => spec.vendor = n.text().map(|t| t.trim().to_owned()),
             "feature" => {
                 let Some(name) = n.attribute("name") else {

@@ -8,11 +8,56 @@ use std::path::Path;
 
 use qemud_config::domain::esc;
 use qemud_protocol::remote::{TypedParam, TypedParamValue};
+use qemud_protocol::{ErrorCode, ErrorDomain};
 
 use crate::error::{Error, Result};
 
 /// `VIR_NODE_CPU_STATS_ALL_CPUS` / `VIR_NODE_MEMORY_STATS_ALL_CELLS`.
 pub const ALL: i32 = -1;
+
+/// libvirt's argument checks in its host helpers report INVALID_ARG with
+/// the bare message, without the usual "invalid argument: " prefix.
+fn raw_invalid_arg(message: &str) -> Error {
+    Error::Other {
+        code: ErrorCode::InvalidArg,
+        domain: ErrorDomain::None,
+        message: message.to_owned(),
+    }
+}
+
+/// The host CPU's features (libvirt names) from the kernel's flags.
+pub fn cpuinfo_features() -> Vec<String> {
+    let text = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: std::collections::HashSet<String> = text
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| {
+            v.split_whitespace()
+                .map(|f| match f {
+                    "sse4_1" => "sse4.1".to_owned(),
+                    "sse4_2" => "sse4.2".to_owned(),
+                    "pclmulqdq" => "pclmuldq".to_owned(),
+                    "sha_ni" => "sha-ni".to_owned(),
+                    "tsc_deadline_timer" => "tsc-deadline".to_owned(),
+                    "avx512_vnni" => "avx512vnni".to_owned(),
+                    "avx512_bf16" => "avx512-bf16".to_owned(),
+                    "avx512_fp16" => "avx512-fp16".to_owned(),
+                    "avx512_vpopcntdq" => "avx512-vpopcntdq".to_owned(),
+                    "avx512_bitalg" => "avx512bitalg".to_owned(),
+                    "avx512_vbmi2" => "avx512vbmi2".to_owned(),
+                    "avx_vnni" => "avx-vnni".to_owned(),
+                    other => other.to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    super::probe::feature_order()
+        .iter()
+        .filter(|f| flags.contains(*f))
+        .cloned()
+        .collect()
+}
 
 /// A kernel CPU list ("0-3,6") as ids.
 pub fn parse_cpu_list(text: &str) -> Vec<u32> {
@@ -57,7 +102,7 @@ pub fn cpu_stats(cpu_num: i32, nparams: i32) -> Result<(Vec<(String, u64)>, i32)
         return Ok((Vec::new(), COUNT));
     }
     if nparams != COUNT {
-        return Err(Error::InvalidArg(format!(
+        return Err(raw_invalid_arg(&format!(
             "nparams in virHostCPUGetStatsLinux must be equal to {COUNT}"
         )));
     }
@@ -93,7 +138,7 @@ pub fn cpu_stats(cpu_num: i32, nparams: i32) -> Result<(Vec<(String, u64)>, i32)
             COUNT,
         ));
     }
-    Err(Error::InvalidArg("Invalid cpuNum in virHostCPUGetStatsLinux".into()))
+    Err(raw_invalid_arg("Invalid cpuNum in virHostCPUGetStatsLinux"))
 }
 
 /// The highest NUMA node number, 0 without NUMA.
@@ -120,7 +165,7 @@ pub fn memory_stats(cell_num: i32, nparams: i32) -> Result<(Vec<(String, u64)>, 
     } else {
         let max = max_node();
         if cell < 0 || cell > max {
-            return Err(Error::InvalidArg(format!(
+            return Err(raw_invalid_arg(&format!(
                 "cellNum in virHostMemGetStats must be less than or equal to {max}"
             )));
         }
@@ -131,7 +176,7 @@ pub fn memory_stats(cell_num: i32, nparams: i32) -> Result<(Vec<(String, u64)>, 
         return Ok((Vec::new(), count));
     }
     if nparams != count {
-        return Err(Error::InvalidArg(format!(
+        return Err(raw_invalid_arg(&format!(
             "nparams in virHostMemGetStatsLinux must be {count}"
         )));
     }
@@ -181,7 +226,7 @@ fn meminfo_kib(text: &str, key: &str) -> u64 {
 pub fn cells_free_memory(start: i32, max_cells: i32) -> Result<Vec<u64>> {
     let last = max_node();
     if start < 0 || start > last {
-        return Err(Error::InvalidArg(format!(
+        return Err(Error::Internal(format!(
             "start cell {start} out of range (0-{last})"
         )));
     }

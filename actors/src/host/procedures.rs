@@ -3,6 +3,7 @@
 
 use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::*;
+use qemud_protocol::{ErrorCode, ErrorDomain};
 use qemud_protocol::xdr::{Opaque, XdrString, XdrVec};
 
 use crate::call;
@@ -161,9 +162,10 @@ async fn hypervisor_features(
     Ok((caps.host_cpu_features.clone(), usable))
 }
 
-async fn compare_cpu(call: &Call, a: ConnectCompareCpuArgs) -> Result<ConnectCompareCpuRet> {
+async fn compare_cpu(_: &Call, a: ConnectCompareCpuArgs) -> Result<ConnectCompareCpuRet> {
     check_flags(a.flags, cpu::FAIL_INCOMPATIBLE, "virConnectCompareCPU")?;
-    let (host, _) = hypervisor_features(call, None, None, None, None).await?;
+    // The host's own CPU, as the kernel reports it.
+    let host = node::cpuinfo_features();
     Ok(ConnectCompareCpuRet {
         result: cpu::compare(a.xml.as_str(), &host, a.flags)?,
     })
@@ -193,6 +195,15 @@ const BASELINE_FLAGS: u32 = 0x3;
 async fn baseline_cpu(_: &Call, a: ConnectBaselineCpuArgs) -> Result<ConnectBaselineCpuRet> {
     check_flags(a.flags, BASELINE_FLAGS, "virConnectBaselineCPU")?;
     let xmls: Vec<String> = a.xml_cp_us.0.into_iter().map(|s| s.0).collect();
+    for xml in &xmls {
+        if cpu::parse_cpu(xml)?.arch.is_none() {
+            return Err(Error::Other {
+                code: ErrorCode::XmlError,
+                domain: ErrorDomain::Cpu,
+                message: "XML error: Missing CPU architecture".into(),
+            });
+        }
+    }
     let models = cpu::model_names("x86_64")?;
     Ok(ConnectBaselineCpuRet {
         cpu: cpu::baseline(&xmls, &models, a.flags)?.into(),
