@@ -121,6 +121,8 @@ pub struct DiskDef {
     /// "virtio", "sata", "ide" or "scsi".
     pub bus: String,
     pub readonly: bool,
+    /// `<shareable/>`: other VMs may write the image at the same time.
+    pub shareable: bool,
     /// Per-device `<boot order='N'/>`.
     pub boot_order: Option<u32>,
 }
@@ -682,6 +684,9 @@ impl DomainDef {
             if disk.readonly {
                 x.push_str("      <readonly/>\n");
             }
+            if disk.shareable {
+                x.push_str("      <shareable/>\n");
+            }
             x.push_str("    </disk>\n");
         }
         for nic in &d.interfaces {
@@ -1171,6 +1176,7 @@ fn parse_disk(el: Node) -> Result<DiskDef> {
     }
     Ok(DiskDef {
         readonly: child(el, "readonly").is_some() || device == "cdrom",
+        shareable: child(el, "shareable").is_some(),
         boot_order: parse_boot_order(el)?,
         source_type,
         device,

@@ -76,6 +76,8 @@ struct Live {
     destroying: bool,
     fake_reboot: bool,
     pty_paths: Vec<String>,
+    /// The VNC port QEMU listens on, from query-vnc.
+    vnc_port: Option<u16>,
 }
 
 struct Entry {
@@ -119,6 +121,14 @@ pub struct Registry {
     next_run: u64,
 }
 
+/// The TCP port of a `query-vnc` answer (`"service": "5901"`).
+fn vnc_port_of(v: &serde_json::Value) -> Option<u16> {
+    if v.get("enabled").and_then(|e| e.as_bool()) != Some(true) {
+        return None;
+    }
+    v.get("service")?.as_str()?.parse().ok()
+}
+
 fn xml_error(e: DomainXmlError) -> Error {
     match e {
         DomainXmlError::Unsupported(m) => Error::ConfigUnsupported(m),
@@ -160,7 +170,7 @@ impl Registry {
         let live_xml = e.live.as_ref().map(|l| LiveXml {
             id: l.id,
             pty_paths: l.pty_paths.clone(),
-            vnc_port: None,
+            vnc_port: l.vnc_port,
         });
         let xml: Arc<str> = Arc::from(running_def.to_xml(live_xml.as_ref()));
         let inactive_xml =
@@ -388,6 +398,7 @@ impl Registry {
         let id = self.next_id;
         self.next_id += 1;
         let pid = launched.pid;
+        let def_has_vnc = def.devices.graphics.is_some();
         let qmp = launched.qmp.clone();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let qmp_socket = self.store.qmp_socket(&uuid);
@@ -410,6 +421,7 @@ impl Registry {
             destroying: false,
             fake_reboot: false,
             pty_paths: Vec::new(),
+            vnc_port: None,
         });
         if paused {
             e.state = DomainState::Paused;
@@ -425,12 +437,24 @@ impl Registry {
         if paused {
             self.lifecycle(&uuid, lc::SUSPENDED, lc::SUSPENDED_PAUSED);
         }
-        // Serial pty paths are only known once QEMU runs.
-        let fut = async move { qmp.execute("query-chardev", None).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-            let Ok(list) = res else { return };
-            let mut ptys: Vec<(String, String)> = list
-                .as_array()
+        // Serial pty paths and the VNC port QEMU picked (autoport) are only
+        // known once QEMU runs.
+        let wants_vnc = def_has_vnc;
+        let fut = async move {
+            let chardevs = qmp.execute("query-chardev", None).await;
+            let vnc = if wants_vnc {
+                qmp.execute("query-vnc", None).await.ok()
+            } else {
+                None
+            };
+            (chardevs, vnc)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(res, vnc), act, _| {
+            let vnc_port = vnc.as_ref().and_then(vnc_port_of);
+            let mut ptys: Vec<(String, String)> = res
+                .ok()
+                .as_ref()
+                .and_then(|l| l.as_array())
                 .into_iter()
                 .flatten()
                 .filter_map(|c| {
@@ -443,6 +467,7 @@ impl Registry {
             if let Some(live) = act.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) {
                 if live.run == run {
                     live.pty_paths = ptys.into_iter().map(|(_, f)| f).collect();
+                    live.vnc_port = vnc_port;
                     act.publish(&uuid);
                 }
             }
@@ -775,6 +800,7 @@ impl Registry {
             destroying: false,
             fake_reboot: false,
             pty_paths: Vec::new(),
+            vnc_port: None,
         });
         (e.state, e.reason) = match status.as_str() {
             "paused" | "prelaunch" => (DomainState::Paused, reason::PAUSED_USER),
