@@ -224,9 +224,13 @@ async fn baseline_hypervisor_cpu(
     )
     .await?;
     let xmls: Vec<String> = a.xml_cp_us.0.into_iter().map(|s| s.0).collect();
-    Ok(ConnectBaselineHypervisorCpuRet {
-        cpu: cpu::baseline(&xmls, &usable, a.flags)?.into(),
-    })
+    // Models the hypervisor runs as they are first; any model it knows
+    // (with features turned off at start) when none of those fits.
+    let cpu = match cpu::baseline(&xmls, &usable, a.flags) {
+        Ok(c) => c,
+        Err(_) => cpu::baseline(&xmls, &cpu::model_names("x86_64")?, a.flags)?,
+    };
+    Ok(ConnectBaselineHypervisorCpuRet { cpu: cpu.into() })
 }
 
 async fn node_get_cpu_stats(_: &Call, a: NodeGetCpuStatsArgs) -> Result<NodeGetCpuStatsRet> {
