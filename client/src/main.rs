@@ -210,15 +210,23 @@ async fn run_host(c: &Client, cmd: HostCmd, json: bool) -> Result<(), ClientErro
                     },
                 )
                 .await?;
-            let stats: Vec<(String, u64)> =
-                r.params.0.into_iter().map(|p| (p.field.0, p.value)).collect();
+            let stats: Vec<(String, u64)> = r
+                .params
+                .0
+                .into_iter()
+                .map(|p| (p.field.0, p.value))
+                .collect();
             if json {
                 let m: serde_json::Map<String, serde_json::Value> =
                     stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
                 print_json(serde_json::Value::Object(m));
             } else {
                 for (k, v) in stats {
-                    let k = if k == "kernel" { "system".to_owned() } else { k };
+                    let k = if k == "kernel" {
+                        "system".to_owned()
+                    } else {
+                        k
+                    };
                     println!("{:<8}{v:>20}", format!("{k}:"));
                 }
             }
@@ -245,8 +253,12 @@ async fn run_host(c: &Client, cmd: HostCmd, json: bool) -> Result<(), ClientErro
                     },
                 )
                 .await?;
-            let stats: Vec<(String, u64)> =
-                r.params.0.into_iter().map(|p| (p.field.0, p.value)).collect();
+            let stats: Vec<(String, u64)> = r
+                .params
+                .0
+                .into_iter()
+                .map(|p| (p.field.0, p.value))
+                .collect();
             if json {
                 let m: serde_json::Map<String, serde_json::Value> = stats
                     .into_iter()
@@ -261,7 +273,10 @@ async fn run_host(c: &Client, cmd: HostCmd, json: bool) -> Result<(), ClientErro
         }
         HostCmd::Sysinfo => {
             let r: ConnectGetSysinfoRet = c
-                .call(procs::CONNECT_GET_SYSINFO, &ConnectGetSysinfoArgs { flags: 0 })
+                .call(
+                    procs::CONNECT_GET_SYSINFO,
+                    &ConnectGetSysinfoArgs { flags: 0 },
+                )
                 .await?;
             if json {
                 print_json(json!({ "xml": r.sysinfo.0 }));

@@ -87,11 +87,7 @@ impl Capabilities {
         x.push_str("        <uri_transport>rdma</uri_transport>\n");
         x.push_str("      </uri_transports>\n    </migration_features>\n");
         x.push_str("    <topology>\n      <cells num='1'>\n        <cell id='0'>\n");
-        let _ = writeln!(
-            x,
-            "          <memory unit='KiB'>{}</memory>",
-            h.memory_kib
-        );
+        let _ = writeln!(x, "          <memory unit='KiB'>{}</memory>", h.memory_kib);
         x.push_str("          <distances>\n            <sibling id='0' value='10'/>\n");
         x.push_str("          </distances>\n");
         let _ = writeln!(x, "          <cpus num='{}'>", h.cpus.len());

@@ -120,12 +120,21 @@ impl DomainCapabilities {
             x.push_str("    <mode name='host-passthrough' supported='no'/>\n");
         }
         x.push_str("    <mode name='maximum' supported='yes'>\n");
-        enum_values(&mut x, "      ", "maximumMigratable", &strings(&["on", "off"]));
+        enum_values(
+            &mut x,
+            "      ",
+            "maximumMigratable",
+            &strings(&["on", "off"]),
+        );
         x.push_str("    </mode>\n");
         match &self.host_model {
             Some(h) => {
                 x.push_str("    <mode name='host-model' supported='yes'>\n");
-                let _ = writeln!(x, "      <model fallback='forbid'>{}</model>", esc(&h.model));
+                let _ = writeln!(
+                    x,
+                    "      <model fallback='forbid'>{}</model>",
+                    esc(&h.model)
+                );
                 if let Some(v) = &h.vendor {
                     let _ = writeln!(x, "      <vendor>{}</vendor>", esc(v));
                 }

@@ -186,7 +186,10 @@ fn debian_clients_against_qemud() {
     assert!(dc.contains("<vcpu max='255'/>"), "{dc}");
     assert!(dc.contains("<mode name='host-passthrough' supported='no'/>"));
     assert!(dc.contains("<mode name='host-model' supported='yes'>"));
-    assert!(dc.contains("usable='yes' vendor='unknown'>qemu64</model>"), "{dc}");
+    assert!(
+        dc.contains("usable='yes' vendor='unknown'>qemu64</model>"),
+        "{dc}"
+    );
     assert!(dc.contains("<value>virtio</value>"));
     assert!(dc.contains("<value>vnc</value>"));
     let q35 = virsh(
@@ -259,7 +262,10 @@ fn debian_clients_against_qemud() {
         qemuctl(&uri, &["--json", "domcapabilities", "--virttype", "qemu"]).ok(),
     )
     .expect("json");
-    assert!(j["xml"].as_str().unwrap_or("").contains("<domainCapabilities>"));
+    assert!(j["xml"]
+        .as_str()
+        .unwrap_or("")
+        .contains("<domainCapabilities>"));
 
     // libvirt's refusals at define; nothing is stored.
     let bad = write_xml(
@@ -283,7 +289,10 @@ fn debian_clients_against_qemud() {
     let err = virsh(&uri, &["define", badarch.to_str().unwrap()])
         .fails()
         .to_owned();
-    assert!(err.contains("No emulator found for arch 'aarch64'"), "{err}");
+    assert!(
+        err.contains("No emulator found for arch 'aarch64'"),
+        "{err}"
+    );
     let badtype = write_xml(
         dir,
         "badtype",
@@ -309,7 +318,14 @@ fn debian_clients_against_qemud() {
     let out = Command::new("timeout")
         .arg("180")
         .arg("virt-install")
-        .args(["--connect", &uri, "--name", "vinst", "--virt-type", domain_type()])
+        .args([
+            "--connect",
+            &uri,
+            "--name",
+            "vinst",
+            "--virt-type",
+            domain_type(),
+        ])
         .args(["--memory", "256", "--vcpus", "1", "--import"])
         .args(["--osinfo", "detect=on,require=off", "--disk", "none"])
         .arg("--boot")

@@ -906,9 +906,10 @@ impl Registry {
         match op {
             // libvirt checks a definition against its emulator before
             // storing or starting anything.
-            DomainOp::Define { xml } => Box::pin(self.validated(&xml).map(
-                move |res, act: &mut Self, _| res.and_then(|_| act.define(&xml)),
-            )),
+            DomainOp::Define { xml } => Box::pin(
+                self.validated(&xml)
+                    .map(move |res, act: &mut Self, _| res.and_then(|_| act.define(&xml))),
+            ),
             DomainOp::Undefine { uuid } => ready(self.undefine(&uuid)),
             DomainOp::SetAutostart { uuid, on } => ready(self.set_autostart(&uuid, on)),
             DomainOp::CreateXml { xml, paused } => Box::pin(self.validated(&xml).then(

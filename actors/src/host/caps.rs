@@ -41,11 +41,17 @@ impl HostInfo {
     }
 
     /// The probe of `emulator` under `virt_type`, probing on first use.
-    pub async fn emulator_caps(&self, emulator: &Path, virt_type: &str) -> Result<Arc<EmulatorCaps>> {
-        self.probes
-            .get(emulator, virt_type)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot probe emulator '{}': {e}", emulator.display())))
+    pub async fn emulator_caps(
+        &self,
+        emulator: &Path,
+        virt_type: &str,
+    ) -> Result<Arc<EmulatorCaps>> {
+        self.probes.get(emulator, virt_type).await.map_err(|e| {
+            Error::Internal(format!(
+                "cannot probe emulator '{}': {e}",
+                emulator.display()
+            ))
+        })
     }
 
     /// The emulator a definition runs: its own or the host's.
@@ -82,7 +88,7 @@ impl HostInfo {
         let dies = distinct(cpus.iter().map(|c| c.die_id)).max(1);
         let threads = cpus
             .first()
-            .map(|c| c.siblings.split(',').map(|r| range_len(r)).sum::<u32>())
+            .map(|c| c.siblings.split(',').map(range_len).sum::<u32>())
             .unwrap_or(1)
             .max(1);
         let cores = (cpus.len() as u32 / sockets / dies / threads).max(1);
@@ -116,7 +122,12 @@ impl HostInfo {
                 wordsize: 64,
                 emulator: self.emulator.to_string_lossy().into_owned(),
                 machines,
-                domain_types: self.virt_types().iter().rev().map(|s| s.to_string()).collect(),
+                domain_types: self
+                    .virt_types()
+                    .iter()
+                    .rev()
+                    .map(|s| s.to_string())
+                    .collect(),
             }],
         }
     }
@@ -140,7 +151,9 @@ impl HostInfo {
                 return Err(Error::InvalidArg(format!("unknown architecture: {a}")));
             }
         }
-        let emulator = emulatorbin.map(PathBuf::from).unwrap_or_else(|| self.emulator.clone());
+        let emulator = emulatorbin
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.emulator.clone());
         if let Some(a) = arch {
             if !serves_arch(a) {
                 if emulatorbin.is_some() {
@@ -176,7 +189,10 @@ impl HostInfo {
                 ))
             })?,
             None => caps.default_machine().ok_or_else(|| {
-                Error::Internal(format!("emulator '{}' has no machine types", emulator.display()))
+                Error::Internal(format!(
+                    "emulator '{}' has no machine types",
+                    emulator.display()
+                ))
             })?,
         };
         Ok(domain_caps_of(&caps, m, arch.unwrap_or("x86_64")))
@@ -344,11 +360,8 @@ fn host_cpus(count: u32) -> Vec<HostCpu> {
     };
     ids.into_iter()
         .map(|id| {
-            let num = |f: &str, d: u32| {
-                read(id, f)
-                    .and_then(|s| s.parse::<u32>().ok())
-                    .unwrap_or(d)
-            };
+            let num =
+                |f: &str, d: u32| read(id, f).and_then(|s| s.parse::<u32>().ok()).unwrap_or(d);
             HostCpu {
                 id,
                 socket_id: num("physical_package_id", 0),

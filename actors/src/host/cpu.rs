@@ -30,8 +30,8 @@ fn attr_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
 /// x86 model names in libvirt's cpu_map order.
 fn x86_models() -> &'static [String] {
     static MODELS: LazyLock<Vec<String>> = LazyLock::new(|| {
-        let index = std::fs::read_to_string(Path::new(CPU_MAP_DIR).join("index.xml"))
-            .unwrap_or_default();
+        let index =
+            std::fs::read_to_string(Path::new(CPU_MAP_DIR).join("index.xml")).unwrap_or_default();
         let x86 = index
             .split("<arch name='x86'>")
             .nth(1)
@@ -61,7 +61,8 @@ fn model_features(model: &str) -> Option<BTreeSet<String>> {
     let mut name = model.to_owned();
     // Bounded walk up the parent chain.
     for _ in 0..8 {
-        let Ok(text) = std::fs::read_to_string(Path::new(CPU_MAP_DIR).join(format!("x86_{name}.xml")))
+        let Ok(text) =
+            std::fs::read_to_string(Path::new(CPU_MAP_DIR).join(format!("x86_{name}.xml")))
         else {
             break;
         };
@@ -72,7 +73,10 @@ fn model_features(model: &str) -> Option<BTreeSet<String>> {
             }
         }
         // A model based on another names it as an empty <model name=.../>.
-        let body = text.split_once("<model name='").map(|(_, r)| r).unwrap_or("");
+        let body = text
+            .split_once("<model name='")
+            .map(|(_, r)| r)
+            .unwrap_or("");
         match attr_after(body, "<model name='") {
             Some(parent) if parent != name => name = parent.to_owned(),
             _ => break,
@@ -87,7 +91,9 @@ fn model_features(model: &str) -> Option<BTreeSet<String>> {
 /// `virConnectGetCPUModelNames`.
 pub fn model_names(arch: &str) -> Result<Vec<String>> {
     if !ARCHES.contains(&arch) {
-        return Err(Error::InvalidArg(format!("cannot find architecture {arch}")));
+        return Err(Error::InvalidArg(format!(
+            "cannot find architecture {arch}"
+        )));
     }
     if arch == "x86_64" || arch == "i686" {
         Ok(x86_models().to_vec())
@@ -159,12 +165,10 @@ fn roxml(xml: &str) -> Result<roxmltree::Document<'_>> {
 /// The full feature set a spec asks for.
 fn wanted(spec: &CpuSpec) -> Result<BTreeSet<String>> {
     let mut set = match &spec.model {
-        Some(m) => model_features(m).ok_or_else(|| {
-            Error::Other {
-                code: ErrorCode::InternalError,
-                domain: ErrorDomain::Cpu,
-                message: format!("internal error: Unknown CPU model {m}"),
-            }
+        Some(m) => model_features(m).ok_or_else(|| Error::Other {
+            code: ErrorCode::InternalError,
+            domain: ErrorDomain::Cpu,
+            message: format!("internal error: Unknown CPU model {m}"),
         })?,
         None => BTreeSet::new(),
     };
@@ -212,7 +216,9 @@ pub fn compare(xml: &str, host: &[String], flags: u32) -> Result<i32> {
 /// features that model lacks.
 pub fn baseline(xmls: &[String], candidates: &[String], flags: u32) -> Result<String> {
     if xmls.is_empty() {
-        return Err(Error::InvalidArg("nonzero ncpus doesn't match with NULL xmlCPUs".into()));
+        return Err(Error::InvalidArg(
+            "nonzero ncpus doesn't match with NULL xmlCPUs".into(),
+        ));
     }
     let mut common: Option<BTreeSet<String>> = None;
     let mut vendor = None;
@@ -240,7 +246,11 @@ pub fn baseline(xmls: &[String], candidates: &[String], flags: u32) -> Result<St
                 continue;
             }
         }
-        if best.as_ref().map(|(_, b)| f.len() > b.len()).unwrap_or(true) {
+        if best
+            .as_ref()
+            .map(|(_, b)| f.len() > b.len())
+            .unwrap_or(true)
+        {
             best = Some((m.clone(), f));
         }
     }
@@ -280,9 +290,14 @@ mod tests {
         if !Path::new(CPU_MAP_DIR).is_dir() {
             return;
         }
-        assert!(model_names("x86_64").expect("models").contains(&"Haswell".to_string()));
+        assert!(model_names("x86_64")
+            .expect("models")
+            .contains(&"Haswell".to_string()));
         assert!(model_names("z80").is_err());
-        let host: Vec<String> = model_features("Haswell").expect("Haswell").into_iter().collect();
+        let host: Vec<String> = model_features("Haswell")
+            .expect("Haswell")
+            .into_iter()
+            .collect();
         let older = "<cpu><model>Westmere</model></cpu>";
         assert_eq!(compare(older, &host, 0).expect("compare"), SUPERSET);
         let same = "<cpu><model>Haswell</model></cpu>";
@@ -290,12 +305,8 @@ mod tests {
         let newer = "<cpu><model>Skylake-Client</model></cpu>";
         assert_eq!(compare(newer, &host, 0).expect("compare"), INCOMPATIBLE);
         assert!(compare(newer, &host, FAIL_INCOMPATIBLE).is_err());
-        let b = baseline(
-            &[same.to_string(), older.to_string()],
-            x86_models(),
-            0,
-        )
-        .expect("baseline");
+        let b =
+            baseline(&[same.to_string(), older.to_string()], x86_models(), 0).expect("baseline");
         assert!(b.contains("Westmere"), "{b}");
     }
 }

@@ -165,7 +165,9 @@ async fn probe(emulator: &Path, virt_type: &str) -> Result<EmulatorCaps, String>
             .await
             .map_err(|e| e.to_string())?;
         let r = query_all(&qmp, emulator, virt_type).await;
-        let _ = qmp.execute_within("quit", None, Duration::from_secs(2)).await;
+        let _ = qmp
+            .execute_within("quit", None, Duration::from_secs(2))
+            .await;
         r
     }
     .await;
@@ -202,7 +204,11 @@ async fn query(qmp: &QmpClient, cmd: &str, args: Option<Value>) -> Result<Value,
         .map_err(|e| e.to_string())
 }
 
-async fn query_all(qmp: &QmpClient, emulator: &Path, virt_type: &str) -> Result<EmulatorCaps, String> {
+async fn query_all(
+    qmp: &QmpClient,
+    emulator: &Path,
+    virt_type: &str,
+) -> Result<EmulatorCaps, String> {
     let machines = parse_machines(&query(qmp, "query-machines", None).await?);
     let cpu_definitions = parse_cpu_definitions(&query(qmp, "query-cpu-definitions", None).await?);
     let device_types = query(
@@ -418,8 +424,14 @@ fn parse_machines(v: &Value) -> Vec<MachineType> {
                 name,
                 alias: m.get("alias").and_then(Value::as_str).map(str::to_owned),
                 max_cpus: m.get("cpu-max").and_then(Value::as_u64).unwrap_or(1) as u32,
-                is_default: m.get("is-default").and_then(Value::as_bool).unwrap_or(false),
-                deprecated: m.get("deprecated").and_then(Value::as_bool).unwrap_or(false),
+                is_default: m
+                    .get("is-default")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                deprecated: m
+                    .get("deprecated")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             })
         })
         .collect();
@@ -464,7 +476,10 @@ fn parse_cpu_definitions(v: &Value) -> Vec<CpuDefinition> {
             Some(CpuDefinition {
                 name,
                 usable,
-                deprecated: d.get("deprecated").and_then(Value::as_bool).unwrap_or(false),
+                deprecated: d
+                    .get("deprecated")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             })
         })
         .collect()

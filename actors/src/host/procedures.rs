@@ -3,8 +3,8 @@
 
 use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::*;
-use qemud_protocol::{ErrorCode, ErrorDomain};
 use qemud_protocol::xdr::{Opaque, XdrString, XdrVec};
+use qemud_protocol::{ErrorCode, ErrorDomain};
 
 use crate::call;
 use crate::error::{Error, Result};
@@ -23,13 +23,25 @@ pub fn procedures() -> Vec<Procedure> {
         call!(NODE_GET_INFO, Read, node_get_info),
         call!(NODE_GET_FREE_MEMORY, Read, node_get_free_memory),
         call!(NODE_GET_SECURITY_MODEL, Read, node_get_security_model),
-        call!(CONNECT_GET_DOMAIN_CAPABILITIES, Write, get_domain_capabilities),
+        call!(
+            CONNECT_GET_DOMAIN_CAPABILITIES,
+            Write,
+            get_domain_capabilities
+        ),
         call!(CONNECT_GET_SYSINFO, Read, get_sysinfo),
         call!(CONNECT_GET_CPU_MODEL_NAMES, Read, get_cpu_model_names),
         call!(CONNECT_COMPARE_CPU, Read, compare_cpu),
         call!(CONNECT_BASELINE_CPU, Read, baseline_cpu),
-        call!(CONNECT_COMPARE_HYPERVISOR_CPU, Write, compare_hypervisor_cpu),
-        call!(CONNECT_BASELINE_HYPERVISOR_CPU, Write, baseline_hypervisor_cpu),
+        call!(
+            CONNECT_COMPARE_HYPERVISOR_CPU,
+            Write,
+            compare_hypervisor_cpu
+        ),
+        call!(
+            CONNECT_BASELINE_HYPERVISOR_CPU,
+            Write,
+            baseline_hypervisor_cpu
+        ),
         call!(NODE_GET_CPU_STATS, Read, node_get_cpu_stats),
         call!(NODE_GET_MEMORY_STATS, Read, node_get_memory_stats),
         call!(NODE_GET_CELLS_FREE_MEMORY, Read, node_get_cells_free_memory),
@@ -72,7 +84,10 @@ async fn get_capabilities(call: &Call, _: ()) -> Result<ConnectGetCapabilitiesRe
 
 async fn get_max_vcpus(call: &Call, a: ConnectGetMaxVcpusArgs) -> Result<ConnectGetMaxVcpusRet> {
     Ok(ConnectGetMaxVcpusRet {
-        max_vcpus: call.svc.host.max_vcpus(a.type_.as_ref().map(|t| t.as_str()))?,
+        max_vcpus: call
+            .svc
+            .host
+            .max_vcpus(a.type_.as_ref().map(|t| t.as_str()))?,
     })
 }
 
@@ -106,7 +121,12 @@ async fn get_domain_capabilities(
     let caps = call
         .svc
         .host
-        .domain_capabilities(opt(&a.emulatorbin), opt(&a.arch), opt(&a.machine), opt(&a.virttype))
+        .domain_capabilities(
+            opt(&a.emulatorbin),
+            opt(&a.arch),
+            opt(&a.machine),
+            opt(&a.virttype),
+        )
         .await?;
     Ok(ConnectGetDomainCapabilitiesRet {
         capabilities: caps.to_xml().into(),
@@ -129,7 +149,11 @@ async fn get_cpu_model_names(
     let ret = models.len() as i32;
     Ok(ConnectGetCpuModelNamesRet {
         models: if a.need_results != 0 {
-            models.into_iter().map(XdrString::from).collect::<Vec<_>>().into()
+            models
+                .into_iter()
+                .map(XdrString::from)
+                .collect::<Vec<_>>()
+                .into()
         } else {
             XdrVec::default()
         },
@@ -147,7 +171,8 @@ async fn hypervisor_features(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let host = &call.svc.host;
     // Same argument checks as the domain capabilities.
-    host.domain_capabilities(emulator, arch, machine, virttype).await?;
+    host.domain_capabilities(emulator, arch, machine, virttype)
+        .await?;
     let emulator = emulator
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| host.emulator.clone());
@@ -175,7 +200,11 @@ async fn compare_hypervisor_cpu(
     call: &Call,
     a: ConnectCompareHypervisorCpuArgs,
 ) -> Result<ConnectCompareHypervisorCpuRet> {
-    check_flags(a.flags, cpu::FAIL_INCOMPATIBLE, "virConnectCompareHypervisorCPU")?;
+    check_flags(
+        a.flags,
+        cpu::FAIL_INCOMPATIBLE,
+        "virConnectCompareHypervisorCPU",
+    )?;
     let (host, _) = hypervisor_features(
         call,
         opt(&a.emulator),
@@ -297,7 +326,11 @@ async fn node_get_memory_parameters(
     _: &Call,
     a: NodeGetMemoryParametersArgs,
 ) -> Result<NodeGetMemoryParametersRet> {
-    check_flags(a.flags, TYPED_PARAM_STRING_OKAY, "virNodeGetMemoryParameters")?;
+    check_flags(
+        a.flags,
+        TYPED_PARAM_STRING_OKAY,
+        "virNodeGetMemoryParameters",
+    )?;
     if a.nparams > 64 {
         return Err(Error::Rpc("nparams too large".into()));
     }
