@@ -23,6 +23,7 @@ use crate::domain::index::{reason, DomainIndex, DomainState, DomainView};
 use crate::domain::qemu::{
     self, Kill, LaunchSpec, Launched, QemuVm, QmpCommand, VmNotice, VmNoticeKind,
 };
+use crate::domain::qmp::QmpClient;
 use crate::domain::store::{LiveRecord, Store};
 use crate::error::{Error, Result};
 use crate::events::{lifecycle as lc, Event, EventBus};
@@ -437,9 +438,20 @@ impl Registry {
         if paused {
             self.lifecycle(&uuid, lc::SUSPENDED, lc::SUSPENDED_PAUSED);
         }
-        // Serial pty paths and the VNC port QEMU picked (autoport) are only
-        // known once QEMU runs.
-        let wants_vnc = def_has_vnc;
+        self.query_runtime_devices(uuid, run, qmp, def_has_vnc, ctx);
+        Ok(v)
+    }
+
+    /// Serial pty paths and the VNC port QEMU picked (autoport) are only
+    /// known once QEMU runs: asked after a start and after a re-attach.
+    fn query_runtime_devices(
+        &mut self,
+        uuid: Uuid,
+        run: u64,
+        qmp: QmpClient,
+        wants_vnc: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let fut = async move {
             let chardevs = qmp.execute("query-chardev", None).await;
             let vnc = if wants_vnc {
@@ -472,7 +484,6 @@ impl Registry {
                 }
             }
         }));
-        Ok(v)
     }
 
     fn save_live(&self, uuid: &Uuid) {
@@ -777,6 +788,8 @@ impl Registry {
         let run = self.next_run;
         self.next_run += 1;
         let pid = launched.pid;
+        let qmp = launched.qmp.clone();
+        let wants_vnc = def.devices.graphics.is_some();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let status = status
             .as_ref()
@@ -809,6 +822,7 @@ impl Registry {
         };
         self.publish(&uuid);
         info!(domain = %rec.name, pid, id = rec.id, %status, "re-attached to running domain");
+        self.query_runtime_devices(uuid, run, qmp, wants_vnc, ctx);
         if got_shutdown {
             vm.do_send(QmpCommand {
                 command: "quit",

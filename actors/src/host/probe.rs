@@ -83,11 +83,16 @@ impl EmulatorCaps {
 
 type Slot = Arc<OnceCell<Result<Arc<EmulatorCaps>, String>>>;
 
-/// Probe results by (emulator, virt type). A failed probe is cached too:
-/// its error is what every later request reports.
+/// (emulator, virt type, the binary's modification time): a replaced
+/// binary is probed again, as libvirt does.
+type Key = (PathBuf, String, Option<std::time::SystemTime>);
+
+/// Probe results by emulator and virt type. Callers that arrive while a
+/// probe runs share it; a failed probe is forgotten once reported, so the
+/// next request tries again.
 #[derive(Default)]
 pub struct ProbeCache {
-    slots: Mutex<HashMap<(PathBuf, String), Slot>>,
+    slots: Mutex<HashMap<Key, Slot>>,
 }
 
 impl std::fmt::Debug for ProbeCache {
@@ -100,41 +105,52 @@ impl ProbeCache {
     /// The capabilities of `emulator` under `virt_type`, probing on first
     /// use; concurrent callers share one probe.
     pub async fn get(&self, emulator: &Path, virt_type: &str) -> Result<Arc<EmulatorCaps>, String> {
+        let mtime = std::fs::metadata(emulator).and_then(|m| m.modified()).ok();
+        let key: Key = (emulator.to_path_buf(), virt_type.to_owned(), mtime);
         let slot = {
             let mut slots = match self.slots.lock() {
                 Ok(s) => s,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            slots
-                .entry((emulator.to_path_buf(), virt_type.to_owned()))
-                .or_default()
-                .clone()
+            slots.entry(key.clone()).or_default().clone()
         };
-        slot.get_or_init(|| async {
-            let started = std::time::Instant::now();
-            let r = match tokio::time::timeout(PROBE_DEADLINE, probe(emulator, virt_type)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "probing {} timed out after {}s",
-                    emulator.display(),
-                    PROBE_DEADLINE.as_secs()
-                )),
+        let result = slot
+            .get_or_init(|| async {
+                let started = std::time::Instant::now();
+                let r = match tokio::time::timeout(PROBE_DEADLINE, probe(emulator, virt_type)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "probing {} timed out after {}s",
+                        emulator.display(),
+                        PROBE_DEADLINE.as_secs()
+                    )),
+                };
+                match &r {
+                    Ok(c) => info!(
+                        emulator = %emulator.display(),
+                        virt_type,
+                        machines = c.machines.len(),
+                        cpu_models = c.cpu_definitions.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "probed emulator"
+                    ),
+                    Err(e) => warn!(emulator = %emulator.display(), virt_type, "probe failed: {e}"),
+                }
+                r.map(Arc::new)
+            })
+            .await
+            .clone();
+        if result.is_err() {
+            let mut slots = match self.slots.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
             };
-            match &r {
-                Ok(c) => info!(
-                    emulator = %emulator.display(),
-                    virt_type,
-                    machines = c.machines.len(),
-                    cpu_models = c.cpu_definitions.len(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "probed emulator"
-                ),
-                Err(e) => warn!(emulator = %emulator.display(), virt_type, "probe failed: {e}"),
+            if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                slots.remove(&key);
             }
-            r.map(Arc::new)
-        })
-        .await
-        .clone()
+        }
+        result
     }
 }
 
