@@ -362,6 +362,26 @@ fn debian_clients_against_qemud() {
         "{display}"
     );
 
+    // Two VMs write one <shareable/> image at once: QEMU gets share-rw.
+    let image = dir.join("shared.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("shared image");
+    for name in ["share1", "share2"] {
+        let disk = format!(
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{}'/><target dev='vda' bus='virtio'/><shareable/></disk>",
+            image.display()
+        );
+        let x = write_xml(dir, name, &tiny_xml(name).replace("<devices>", &disk));
+        virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+        virsh(&uri, &["start", name]).ok();
+    }
+    assert!(virsh(&uri, &["dumpxml", "share2"])
+        .ok()
+        .contains("<shareable/>"));
+    for name in ["share1", "share2"] {
+        virsh(&uri, &["destroy", name]).ok();
+    }
+
     // The virt-manager-style session.
     let r = python(&uri, VIRT_MANAGER_STYLE);
     assert!(r.ok().contains("VM-OK"), "{}", r.stdout);
