@@ -22,6 +22,22 @@ fn serves_arch(arch: &str) -> bool {
     arch == "x86_64" || arch == "i686"
 }
 
+/// The QEMU driver's errors carry its error domain.
+fn unsupported(message: String) -> Error {
+    qemu_error(
+        ErrorCode::ConfigUnsupported,
+        format!("unsupported configuration: {message}"),
+    )
+}
+
+fn invalid_arg(message: String) -> Error {
+    qemu_error(ErrorCode::InvalidArg, format!("invalid argument: {message}"))
+}
+
+fn system_error(message: String) -> Error {
+    qemu_error(ErrorCode::SystemError, message)
+}
+
 fn qemu_error(code: ErrorCode, message: String) -> Error {
     Error::Other {
         code,
@@ -143,12 +159,12 @@ impl HostInfo {
     ) -> Result<DomainCapabilities> {
         if let Some(v) = virttype {
             if !VIRT_TYPES.contains(&v) {
-                return Err(Error::InvalidArg(format!("unknown virttype: {v}")));
+                return Err(invalid_arg(format!("unknown virttype: {v}")));
             }
         }
         if let Some(a) = arch {
             if !ARCHES.contains(&a) {
-                return Err(Error::InvalidArg(format!("unknown architecture: {a}")));
+                return Err(invalid_arg(format!("unknown architecture: {a}")));
             }
         }
         let emulator = emulatorbin
@@ -157,24 +173,24 @@ impl HostInfo {
         if let Some(a) = arch {
             if !serves_arch(a) {
                 if emulatorbin.is_some() {
-                    return Err(Error::InvalidArg(format!(
+                    return Err(invalid_arg(format!(
                         "architecture from emulator 'x86_64' doesn't match given architecture '{a}'"
                     )));
                 }
-                return Err(Error::ConfigUnsupported(format!(
+                return Err(unsupported(format!(
                     "unable to find any emulator to serve '{a}' architecture"
                 )));
             }
         }
         if !emulator.exists() {
-            return Err(Error::System(format!(
+            return Err(system_error(format!(
                 "Cannot check QEMU binary {}: No such file or directory",
                 emulator.display()
             )));
         }
         let virt_type = virttype.unwrap_or(self.virt_types()[0]);
         if virt_type != "qemu" && !(virt_type == "kvm" && self.kvm) {
-            return Err(Error::InvalidArg(format!(
+            return Err(invalid_arg(format!(
                 "the accel '{}' is not supported by '{}' on this host",
                 if virt_type == "kvm" { "kvm" } else { virt_type },
                 emulator.display()
@@ -183,7 +199,7 @@ impl HostInfo {
         let caps = self.emulator_caps(&emulator, virt_type).await?;
         let m = match machine {
             Some(name) => caps.machine(name).ok_or_else(|| {
-                Error::InvalidArg(format!(
+                invalid_arg(format!(
                     "the machine '{name}' is not supported by emulator '{}'",
                     emulator.display()
                 ))
@@ -203,33 +219,33 @@ impl HostInfo {
     pub async fn validate_definition(&self, def: &DomainDef) -> Result<()> {
         let emulator = self.emulator_of(def);
         if def.devices.emulator.is_none() && !serves_arch(&def.os.arch) {
-            return Err(Error::ConfigUnsupported(format!(
+            return Err(unsupported(format!(
                 "No emulator found for arch '{}'",
                 def.os.arch
             )));
         }
         if !emulator.exists() {
-            return Err(Error::System(format!(
+            return Err(system_error(format!(
                 "Cannot check QEMU binary {}: No such file or directory",
                 emulator.display()
             )));
         }
         let shown = emulator.display();
         if !serves_arch(&def.os.arch) {
-            return Err(Error::ConfigUnsupported(format!(
+            return Err(unsupported(format!(
                 "Emulator '{shown}' does not support arch '{}'",
                 def.os.arch
             )));
         }
         if !self.virt_types().contains(&def.domain_type.as_str()) {
-            return Err(Error::ConfigUnsupported(format!(
+            return Err(unsupported(format!(
                 "Emulator '{shown}' does not support virt type '{}'",
                 def.domain_type
             )));
         }
         let caps = self.emulator_caps(&emulator, &def.domain_type).await?;
         if caps.machine(&def.os.machine).is_none() {
-            return Err(Error::ConfigUnsupported(format!(
+            return Err(unsupported(format!(
                 "Emulator '{shown}' does not support machine type '{}'",
                 def.os.machine
             )));
@@ -249,7 +265,7 @@ impl HostInfo {
                     format!("Unable to get maximum number of vCPUs: {e}"),
                 )
             }),
-            Some(t) => Err(Error::InvalidArg(format!("unknown type '{t}'"))),
+            Some(t) => Err(invalid_arg(format!("unknown type '{t}'"))),
         }
     }
 }
