@@ -31,7 +31,10 @@ fn unsupported(message: String) -> Error {
 }
 
 fn invalid_arg(message: String) -> Error {
-    qemu_error(ErrorCode::InvalidArg, format!("invalid argument: {message}"))
+    qemu_error(
+        ErrorCode::InvalidArg,
+        format!("invalid argument: {message}"),
+    )
 }
 
 fn system_error(message: String) -> Error {
@@ -108,16 +111,15 @@ impl HostInfo {
             .unwrap_or(1)
             .max(1);
         let cores = (cpus.len() as u32 / sockets / dies / threads).max(1);
-        let (cpu_model, cpu_vendor, cpu_features) = match (self.kvm, &caps) {
-            (true, _) => match self.emulator_caps(&self.emulator, "kvm").await {
-                Ok(k) => match &k.host_model {
-                    Some(h) => (Some(h.model.clone()), h.vendor.clone(), h.require.clone()),
-                    None => (None, None, Vec::new()),
-                },
-                Err(_) => (None, None, Vec::new()),
-            },
-            _ => (None, None, Vec::new()),
-        };
+        // The host CPU as the kernel reports it, named after the closest
+        // of libvirt's models.
+        let host_features = super::node::cpuinfo_features();
+        let cpu_vendor = super::node::cpu_vendor();
+        let (cpu_model, cpu_features) =
+            match super::cpu::describe(&host_features, cpu_vendor.as_deref()) {
+                Some((m, extra)) => (Some(m), extra),
+                None => (None, Vec::new()),
+            };
         Capabilities {
             host: HostCaps {
                 uuid: self.host_uuid.clone(),

@@ -88,6 +88,38 @@ fn model_features(model: &str) -> Option<BTreeSet<String>> {
     out
 }
 
+/// Names a CPU by its features: the libvirt model of its vendor with the
+/// most features, all of which the CPU has, and the features it adds.
+pub fn describe(features: &[String], vendor: Option<&str>) -> Option<(String, Vec<String>)> {
+    let have: BTreeSet<&String> = features.iter().collect();
+    let mut best: Option<(&String, BTreeSet<String>)> = None;
+    for m in x86_models() {
+        let v = model_vendor(m);
+        if v != "unknown" && vendor.is_some_and(|h| h != v) {
+            continue;
+        }
+        let Some(f) = model_features(m) else { continue };
+        if !f.iter().all(|x| have.contains(x)) {
+            continue;
+        }
+        // On a tie the later (newer) model wins.
+        if best
+            .as_ref()
+            .map(|(_, b)| f.len() >= b.len())
+            .unwrap_or(true)
+        {
+            best = Some((m, f));
+        }
+    }
+    let (model, base) = best?;
+    let extra = features
+        .iter()
+        .filter(|f| !base.contains(*f))
+        .cloned()
+        .collect();
+    Some((model.clone(), extra))
+}
+
 /// `virConnectGetCPUModelNames`.
 pub fn model_names(arch: &str) -> Result<Vec<String>> {
     if !ARCHES.contains(&arch) {
@@ -308,5 +340,8 @@ mod tests {
         let b =
             baseline(&[same.to_string(), older.to_string()], x86_models(), 0).expect("baseline");
         assert!(b.contains("Westmere"), "{b}");
+        let (model, extra) = describe(&host, Some("Intel")).expect("a model");
+        assert_eq!(model, "Haswell");
+        assert!(extra.is_empty(), "{extra:?}");
     }
 }

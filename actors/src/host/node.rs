@@ -59,6 +59,27 @@ pub fn cpuinfo_features() -> Vec<String> {
         .collect()
 }
 
+/// The host CPU's vendor (`Intel`, `AMD`, `Hygon`) from the kernel.
+pub fn cpu_vendor() -> Option<String> {
+    let text = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let id = text
+        .lines()
+        .find(|l| l.starts_with("vendor_id"))?
+        .split_once(':')?
+        .1
+        .trim()
+        .to_owned();
+    Some(
+        match id.as_str() {
+            "GenuineIntel" => "Intel",
+            "AuthenticAMD" => "AMD",
+            "HygonGenuine" => "Hygon",
+            other => other,
+        }
+        .to_owned(),
+    )
+}
+
 /// A kernel CPU list ("0-3,6") as ids.
 pub fn parse_cpu_list(text: &str) -> Vec<u32> {
     let mut out = Vec::new();
