@@ -40,6 +40,9 @@ pub struct HostCaps {
     pub threads: u32,
     pub memory_kib: u64,
     pub cpus: Vec<HostCpu>,
+    /// Page sizes (KiB) the host offers, the system page first, with the
+    /// number of such pages of the cell.
+    pub pages: Vec<(u32, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -80,7 +83,10 @@ impl Capabilities {
         for f in &h.cpu_features {
             let _ = writeln!(x, "      <feature name='{}'/>", esc_attr(f));
         }
-        x.push_str("      <pages unit='KiB' size='4'/>\n    </cpu>\n");
+        for (size, _) in &h.pages {
+            let _ = writeln!(x, "      <pages unit='KiB' size='{size}'/>");
+        }
+        x.push_str("    </cpu>\n");
         x.push_str("    <power_management/>\n    <iommu support='no'/>\n");
         x.push_str("    <migration_features>\n      <live/>\n      <uri_transports>\n");
         x.push_str("        <uri_transport>tcp</uri_transport>\n");
@@ -88,6 +94,12 @@ impl Capabilities {
         x.push_str("      </uri_transports>\n    </migration_features>\n");
         x.push_str("    <topology>\n      <cells num='1'>\n        <cell id='0'>\n");
         let _ = writeln!(x, "          <memory unit='KiB'>{}</memory>", h.memory_kib);
+        for (size, count) in &h.pages {
+            let _ = writeln!(
+                x,
+                "          <pages unit='KiB' size='{size}'>{count}</pages>"
+            );
+        }
         x.push_str("          <distances>\n            <sibling id='0' value='10'/>\n");
         x.push_str("          </distances>\n");
         let _ = writeln!(x, "          <cpus num='{}'>", h.cpus.len());

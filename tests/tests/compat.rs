@@ -101,6 +101,7 @@ assert set(cpu) == {"kernel", "user", "idle", "iowait"}, cpu
 mem = c.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
 assert mem["total"] > 0 and "free" in mem, mem
 assert c.getCellsFreeMemory(0, 1)[0] > 0
+assert c.getFreePages([4], 0, 1)[0][4] > 0
 ncpus, cpumap, online = c.getCPUMap()
 assert ncpus >= 1 and online >= 1 and cpumap[0]
 params = c.getMemoryParameters()

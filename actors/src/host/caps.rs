@@ -133,6 +133,7 @@ impl HostInfo {
                 threads,
                 memory_kib: self.memory_kib,
                 cpus,
+                pages: super::node::page_sizes(self.memory_kib),
             },
             guests: vec![GuestCaps {
                 os_type: "hvm".into(),

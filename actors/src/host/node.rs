@@ -266,6 +266,94 @@ pub fn cells_free_memory(start: i32, max_cells: i32) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Free pages of one size on one cell (`None`: the whole host).
+fn free_pages_of(cell: Option<i32>, page_kib: u32) -> Result<u64> {
+    // SAFETY: sysconf has no memory effects.
+    let system_kib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u32 / 1024;
+    if page_kib == system_kib {
+        let text = match cell {
+            Some(c) => fs::read_to_string(format!("/sys/devices/system/node/node{c}/meminfo")),
+            None => fs::read_to_string("/proc/meminfo"),
+        }
+        .map_err(|e| Error::System(format!("cannot read memory information: {e}")))?;
+        return Ok(meminfo_kib(&text, "MemFree:") / u64::from(system_kib));
+    }
+    let dir = match cell {
+        Some(c) => format!("/sys/devices/system/node/node{c}/hugepages/hugepages-{page_kib}kB"),
+        None => format!("/sys/kernel/mm/hugepages/hugepages-{page_kib}kB"),
+    };
+    let text = fs::read_to_string(Path::new(&dir).join("free_hugepages")).map_err(|_| {
+        Error::OperationFailed(match cell {
+            Some(c) => format!("page size {page_kib} is not available on node {c}"),
+            None => format!("page size {page_kib} is not available"),
+        })
+    })?;
+    Ok(text.trim().parse().unwrap_or(0))
+}
+
+/// `virNodeGetFreePages`: free pages of each size on each cell of
+/// `start..start+count`, cell by cell.
+pub fn free_pages(pages: &[u32], start: i32, count: u32) -> Result<Vec<u64>> {
+    let last = max_node();
+    let whole_host = !numa() && last == 0 && start == 0 && count == 1;
+    if start > last {
+        return Err(Error::Internal(format!(
+            "start cell {start} out of range (0-{last})"
+        )));
+    }
+    let end = (i64::from(start) + i64::from(count) - 1).min(i64::from(last)) as i32;
+    let mut out = Vec::new();
+    if whole_host {
+        for p in pages {
+            out.push(free_pages_of(None, *p)?);
+        }
+    } else {
+        for cell in start.max(0)..=end {
+            for p in pages {
+                out.push(free_pages_of(Some(cell), *p)?);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Internal("no suitable info found".into()));
+    }
+    Ok(out)
+}
+
+/// The page sizes (KiB) of the host with their total counts: the system
+/// page, then each huge page size the kernel offers.
+pub fn page_sizes(memory_kib: u64) -> Vec<(u32, u64)> {
+    // SAFETY: sysconf has no memory effects.
+    let system_kib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u32 / 1024;
+    let mut huge: Vec<(u32, u64)> = fs::read_dir("/sys/kernel/mm/hugepages")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let size = name
+                        .strip_prefix("hugepages-")?
+                        .strip_suffix("kB")?
+                        .parse()
+                        .ok()?;
+                    let count = fs::read_to_string(e.path().join("nr_hugepages"))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                        .unwrap_or(0);
+                    Some((size, count))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    huge.sort_unstable();
+    let huge_kib: u64 = huge.iter().map(|(s, c)| u64::from(*s) * c).sum();
+    let mut out = vec![(
+        system_kib,
+        memory_kib.saturating_sub(huge_kib) / u64::from(system_kib),
+    )];
+    out.extend(huge);
+    out
+}
+
 /// `virNodeGetCPUMap`: a bitmap of online CPUs over the present ones.
 pub fn cpu_map() -> (Vec<u8>, u32, i32) {
     let present = present_cpus();

@@ -47,6 +47,7 @@ pub fn procedures() -> Vec<Procedure> {
         call!(NODE_GET_CELLS_FREE_MEMORY, Read, node_get_cells_free_memory),
         call!(NODE_GET_CPU_MAP, Read, node_get_cpu_map),
         call!(NODE_GET_MEMORY_PARAMETERS, Read, node_get_memory_parameters),
+        call!(NODE_GET_FREE_PAGES, Read, node_get_free_pages),
     ]
 }
 
@@ -338,5 +339,17 @@ async fn node_get_memory_parameters(
     Ok(NodeGetMemoryParametersRet {
         params: params.into(),
         nparams,
+    })
+}
+
+async fn node_get_free_pages(_: &Call, a: NodeGetFreePagesArgs) -> Result<NodeGetFreePagesRet> {
+    check_flags(a.flags, 0, "virNodeGetFreePages")?;
+    if (a.pages.0.len() as u64) * u64::from(a.cell_count) > 1024 {
+        return Err(Error::Rpc(
+            "the result won't fit into REMOTE_NODE_MAX_CELLS".into(),
+        ));
+    }
+    Ok(NodeGetFreePagesRet {
+        counts: node::free_pages(&a.pages.0, a.start_cell, a.cell_count)?.into(),
     })
 }
