@@ -103,10 +103,18 @@ async fn node_get_free_memory(_: &Call, _: ()) -> Result<NodeGetFreeMemoryRet> {
 }
 
 async fn node_get_security_model(_: &Call, _: ()) -> Result<NodeGetSecurityModelRet> {
-    // No security driver: empty model, as libvirt with "none".
+    // No security driver: libvirt's "none" model with DOI 0, as the
+    // capabilities' <secmodel> says. Both strings travel NUL-terminated.
+    let c_string = |s: &str| -> XdrVec<i8, 257> {
+        s.bytes()
+            .map(|b| b as i8)
+            .chain(std::iter::once(0))
+            .collect::<Vec<_>>()
+            .into()
+    };
     Ok(NodeGetSecurityModelRet {
-        model: XdrVec::default(),
-        doi: XdrVec::default(),
+        model: c_string("none"),
+        doi: c_string("0"),
     })
 }
 
