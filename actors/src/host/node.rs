@@ -47,6 +47,12 @@ pub fn cpuinfo_features() -> Vec<String> {
                     "avx512_bitalg" => "avx512bitalg".to_owned(),
                     "avx512_vbmi2" => "avx512vbmi2".to_owned(),
                     "avx_vnni" => "avx-vnni".to_owned(),
+                    "tsxldtrk" => "tsx-ldtrk".to_owned(),
+                    "amx_bf16" => "amx-bf16".to_owned(),
+                    "amx_tile" => "amx-tile".to_owned(),
+                    "amx_int8" => "amx-int8".to_owned(),
+                    "arch_capabilities" => "arch-capabilities".to_owned(),
+                    "nonstop_tsc" => "invtsc".to_owned(),
                     other => other.to_owned(),
                 })
                 .collect()
