@@ -1,5 +1,8 @@
-//! Facts about the host, gathered once at start-up: the QEMU binary and its
-//! version, whether KVM is usable, the CPU and memory, the capabilities XML.
+//! Facts about the host: the QEMU binary and its version, whether KVM is
+//! usable, the CPU and memory (gathered at start-up); what each emulator
+//! can do (`probe`, asked of QEMU on first need and cached); the
+//! capabilities documents and define-time checks built from it (`caps`);
+//! CPU models (`cpu`); node statistics read from the kernel (`node`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
