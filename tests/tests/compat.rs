@@ -15,7 +15,17 @@ use qemud_tests::*;
 /// end with a deadline.
 struct Background {
     what: &'static str,
-    child: Child,
+    child: Option<Child>,
+}
+
+impl Drop for Background {
+    /// A test that fails early leaves no client behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Background {
@@ -25,26 +35,30 @@ impl Background {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        Background { what, child }
+        Background {
+            what,
+            child: Some(child),
+        }
     }
 
     /// Waits at most `secs` for the process and returns its stdout; fails
     /// the test if it failed.
     #[track_caller]
     fn finish(mut self, secs: u64) -> String {
+        let mut child = self.child.take().expect("collected once");
         let until = Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 break;
             }
             if Instant::now() > until {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                let _ = child.kill();
+                let _ = child.wait();
                 panic!("{} did not finish in {secs}s", self.what);
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let out = self.child.wait_with_output().expect("collect output");
+        let out = child.wait_with_output().expect("collect output");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
