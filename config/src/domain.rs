@@ -80,7 +80,10 @@ impl LifecycleAction {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OsDef {
-    /// Always "x86_64".
+    /// libvirt's OS type; only "hvm" passes the define-time checks.
+    pub os_type: String,
+    /// One of libvirt's architectures; only "x86_64" (and "i686") pass
+    /// the define-time checks.
     pub arch: String,
     /// QEMU machine type, e.g. "pc" or "q35".
     pub machine: String,
@@ -908,10 +911,9 @@ fn parse_os(root: Node) -> Result<OsDef> {
     let ty = child(os, "type").ok_or_else(|| invalid("an os <type> must be specified"))?;
     let os_type = text_content(ty);
     let os_type = os_type.trim();
-    if os_type != "hvm" {
-        return Err(unsupported(format!(
-            "os type '{os_type}' is not supported; only 'hvm' is"
-        )));
+    // Whether the emulator runs this OS type is checked at define.
+    if !["hvm", "xen", "linux", "exe", "uml", "xenpvh"].contains(&os_type) {
+        return Err(unsupported(format!("unknown OS type '{os_type}'")));
     }
     let arch = ty.attribute("arch").unwrap_or("x86_64").to_owned();
     if !ARCHES.contains(&arch.as_str()) {
@@ -943,6 +945,7 @@ fn parse_os(root: Node) -> Result<OsDef> {
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
     let machine = ty.attribute("machine").unwrap_or("pc").trim();
     Ok(OsDef {
+        os_type: os_type.to_owned(),
         arch,
         machine: if machine.is_empty() { "pc" } else { machine }.to_owned(),
         boot,
@@ -1825,7 +1828,7 @@ mod tests {
                 MINIMAL.replace("<type>", "<type arch='z80'>"),
                 "Unknown architecture z80",
             ),
-            (MINIMAL.replace(">hvm<", ">xen<"), "os type"),
+            (MINIMAL.replace(">hvm<", ">dos<"), "unknown OS type 'dos'"),
             (MINIMAL.replace("<os>", "<os firmware='efi'>"), "firmware"),
             (
                 MINIMAL.replace(

@@ -234,6 +234,12 @@ impl HostInfo {
             )));
         }
         let shown = emulator.display();
+        if def.os.os_type != "hvm" {
+            return Err(unsupported(format!(
+                "Emulator '{shown}' does not support os type '{}'",
+                def.os.os_type
+            )));
+        }
         if !serves_arch(&def.os.arch) {
             return Err(unsupported(format!(
                 "Emulator '{shown}' does not support arch '{}'",
