@@ -32,6 +32,15 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     pci.ids \
     >/dev/null
 
+# Debian's other libvirt clients the compatibility tests drive: virt-install
+# and Perl Sys::Virt (libvirt0, pulled in by both, brings the CPU model map
+# qemud reads; ovmf brings the firmware descriptors it reports).
+$SUDO apt-get install -y -qq --no-install-recommends \
+    virtinst \
+    libsys-virt-perl \
+    ovmf \
+    >/dev/null
+
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would
 # also build an initramfs for the host, which we do not need: unpack the
 # package instead, unless a kernel is already present.

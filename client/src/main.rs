@@ -108,6 +108,186 @@ enum Cmd {
     Bench(BenchArgs),
     #[command(flatten)]
     Objects(ObjectCmd),
+    #[command(flatten)]
+    Host(HostCmd),
+}
+
+/// Host capability and statistics commands.
+#[derive(Subcommand)]
+enum HostCmd {
+    /// What a guest of an emulator, machine type and virt type can use.
+    Domcapabilities {
+        #[arg(long)]
+        virttype: Option<String>,
+        #[arg(long)]
+        machine: Option<String>,
+        #[arg(long)]
+        emulatorbin: Option<String>,
+        #[arg(long)]
+        arch: Option<String>,
+    },
+    /// The CPU models known for an architecture.
+    CpuModels { arch: String },
+    /// Host CPU times in nanoseconds (all CPUs, or one).
+    Nodecpustats { cpu: Option<i32> },
+    /// Host memory statistics in KiB (all cells, or one).
+    Nodememstats {
+        #[arg(long)]
+        cell: Option<i32>,
+    },
+    /// The host's SMBIOS information.
+    Sysinfo,
+}
+
+/// Runs a host command; its output follows virsh's.
+async fn run_host(c: &Client, cmd: HostCmd, json: bool) -> Result<(), ClientError> {
+    use qemud_protocol::remote::procs;
+    use qemud_protocol::remote::*;
+    match cmd {
+        HostCmd::Domcapabilities {
+            virttype,
+            machine,
+            emulatorbin,
+            arch,
+        } => {
+            let r: ConnectGetDomainCapabilitiesRet = c
+                .call(
+                    procs::CONNECT_GET_DOMAIN_CAPABILITIES,
+                    &ConnectGetDomainCapabilitiesArgs {
+                        emulatorbin: emulatorbin.map(Into::into),
+                        arch: arch.map(Into::into),
+                        machine: machine.map(Into::into),
+                        virttype: virttype.map(Into::into),
+                        flags: 0,
+                    },
+                )
+                .await?;
+            if json {
+                print_json(json!({ "xml": r.capabilities.0 }));
+            } else {
+                print!("{}", r.capabilities.0);
+            }
+        }
+        HostCmd::CpuModels { arch } => {
+            let r: ConnectGetCpuModelNamesRet = c
+                .call(
+                    procs::CONNECT_GET_CPU_MODEL_NAMES,
+                    &ConnectGetCpuModelNamesArgs {
+                        arch: arch.into(),
+                        need_results: 1,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let models: Vec<String> = r.models.0.into_iter().map(|m| m.0).collect();
+            if json {
+                print_json(json!({ "models": models }));
+            } else if models.is_empty() {
+                println!("all CPU models are accepted");
+            } else {
+                for m in models {
+                    println!("{m}");
+                }
+            }
+        }
+        HostCmd::Nodecpustats { cpu } => {
+            let cpu_num = cpu.unwrap_or(-1);
+            let count: NodeGetCpuStatsRet = c
+                .call(
+                    procs::NODE_GET_CPU_STATS,
+                    &NodeGetCpuStatsArgs {
+                        cpu_num,
+                        nparams: 0,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let r: NodeGetCpuStatsRet = c
+                .call(
+                    procs::NODE_GET_CPU_STATS,
+                    &NodeGetCpuStatsArgs {
+                        cpu_num,
+                        nparams: count.nparams,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let stats: Vec<(String, u64)> = r
+                .params
+                .0
+                .into_iter()
+                .map(|p| (p.field.0, p.value))
+                .collect();
+            if json {
+                let m: serde_json::Map<String, serde_json::Value> =
+                    stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                print_json(serde_json::Value::Object(m));
+            } else {
+                for (k, v) in stats {
+                    let k = if k == "kernel" {
+                        "system".to_owned()
+                    } else {
+                        k
+                    };
+                    println!("{:<8}{v:>20}", format!("{k}:"));
+                }
+            }
+        }
+        HostCmd::Nodememstats { cell } => {
+            let cell_num = cell.unwrap_or(-1);
+            let count: NodeGetMemoryStatsRet = c
+                .call(
+                    procs::NODE_GET_MEMORY_STATS,
+                    &NodeGetMemoryStatsArgs {
+                        nparams: 0,
+                        cell_num,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let r: NodeGetMemoryStatsRet = c
+                .call(
+                    procs::NODE_GET_MEMORY_STATS,
+                    &NodeGetMemoryStatsArgs {
+                        nparams: count.nparams,
+                        cell_num,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let stats: Vec<(String, u64)> = r
+                .params
+                .0
+                .into_iter()
+                .map(|p| (p.field.0, p.value))
+                .collect();
+            if json {
+                let m: serde_json::Map<String, serde_json::Value> = stats
+                    .into_iter()
+                    .map(|(k, v)| (format!("{k}_kib"), json!(v)))
+                    .collect();
+                print_json(serde_json::Value::Object(m));
+            } else {
+                for (k, v) in stats {
+                    println!("{k:<7}: {v:>20} KiB");
+                }
+            }
+        }
+        HostCmd::Sysinfo => {
+            let r: ConnectGetSysinfoRet = c
+                .call(
+                    procs::CONNECT_GET_SYSINFO,
+                    &ConnectGetSysinfoArgs { flags: 0 },
+                )
+                .await?;
+            if json {
+                print_json(json!({ "xml": r.sysinfo.0 }));
+            } else {
+                print!("{}", r.sysinfo.0);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -506,6 +686,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         }
         Cmd::Objects(cmd) => objects(c, cmd, json).await?,
         Cmd::Bench(_) => unreachable!("handled above"),
+        Cmd::Host(cmd) => run_host(c, cmd, json).await?,
     }
     Ok(())
 }

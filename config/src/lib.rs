@@ -1,6 +1,8 @@
-//! qemud settings and the libvirt domain XML model.
+//! qemud settings and the libvirt XML models.
 
+pub mod capabilities;
 pub mod domain;
+pub mod domcaps;
 pub mod interface;
 pub mod nodedev;
 pub mod secret;

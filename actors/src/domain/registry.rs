@@ -23,6 +23,7 @@ use crate::domain::index::{reason, DomainIndex, DomainState, DomainView};
 use crate::domain::qemu::{
     self, Kill, LaunchSpec, Launched, QemuVm, QmpCommand, VmNotice, VmNoticeKind,
 };
+use crate::domain::qmp::QmpClient;
 use crate::domain::store::{LiveRecord, Store};
 use crate::error::{Error, Result};
 use crate::events::{lifecycle as lc, Event, EventBus};
@@ -76,6 +77,8 @@ struct Live {
     destroying: bool,
     fake_reboot: bool,
     pty_paths: Vec<String>,
+    /// The VNC port QEMU listens on, from query-vnc.
+    vnc_port: Option<u16>,
 }
 
 struct Entry {
@@ -119,6 +122,14 @@ pub struct Registry {
     next_run: u64,
 }
 
+/// The TCP port of a `query-vnc` answer (`"service": "5901"`).
+fn vnc_port_of(v: &serde_json::Value) -> Option<u16> {
+    if v.get("enabled").and_then(|e| e.as_bool()) != Some(true) {
+        return None;
+    }
+    v.get("service")?.as_str()?.parse().ok()
+}
+
 fn xml_error(e: DomainXmlError) -> Error {
     match e {
         DomainXmlError::Unsupported(m) => Error::ConfigUnsupported(m),
@@ -160,7 +171,7 @@ impl Registry {
         let live_xml = e.live.as_ref().map(|l| LiveXml {
             id: l.id,
             pty_paths: l.pty_paths.clone(),
-            vnc_port: None,
+            vnc_port: l.vnc_port,
         });
         let xml: Arc<str> = Arc::from(running_def.to_xml(live_xml.as_ref()));
         let inactive_xml =
@@ -388,6 +399,7 @@ impl Registry {
         let id = self.next_id;
         self.next_id += 1;
         let pid = launched.pid;
+        let def_has_vnc = def.devices.graphics.is_some();
         let qmp = launched.qmp.clone();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let qmp_socket = self.store.qmp_socket(&uuid);
@@ -410,6 +422,7 @@ impl Registry {
             destroying: false,
             fake_reboot: false,
             pty_paths: Vec::new(),
+            vnc_port: None,
         });
         if paused {
             e.state = DomainState::Paused;
@@ -425,12 +438,35 @@ impl Registry {
         if paused {
             self.lifecycle(&uuid, lc::SUSPENDED, lc::SUSPENDED_PAUSED);
         }
-        // Serial pty paths are only known once QEMU runs.
-        let fut = async move { qmp.execute("query-chardev", None).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-            let Ok(list) = res else { return };
-            let mut ptys: Vec<(String, String)> = list
-                .as_array()
+        self.query_runtime_devices(uuid, run, qmp, def_has_vnc, ctx);
+        Ok(v)
+    }
+
+    /// Serial pty paths and the VNC port QEMU picked (autoport) are only
+    /// known once QEMU runs: asked after a start and after a re-attach.
+    fn query_runtime_devices(
+        &mut self,
+        uuid: Uuid,
+        run: u64,
+        qmp: QmpClient,
+        wants_vnc: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let fut = async move {
+            let chardevs = qmp.execute("query-chardev", None).await;
+            let vnc = if wants_vnc {
+                qmp.execute("query-vnc", None).await.ok()
+            } else {
+                None
+            };
+            (chardevs, vnc)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(res, vnc), act, _| {
+            let vnc_port = vnc.as_ref().and_then(vnc_port_of);
+            let mut ptys: Vec<(String, String)> = res
+                .ok()
+                .as_ref()
+                .and_then(|l| l.as_array())
                 .into_iter()
                 .flatten()
                 .filter_map(|c| {
@@ -443,11 +479,11 @@ impl Registry {
             if let Some(live) = act.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) {
                 if live.run == run {
                     live.pty_paths = ptys.into_iter().map(|(_, f)| f).collect();
+                    live.vnc_port = vnc_port;
                     act.publish(&uuid);
                 }
             }
         }));
-        Ok(v)
     }
 
     fn save_live(&self, uuid: &Uuid) {
@@ -752,6 +788,8 @@ impl Registry {
         let run = self.next_run;
         self.next_run += 1;
         let pid = launched.pid;
+        let qmp = launched.qmp.clone();
+        let wants_vnc = def.devices.graphics.is_some();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let status = status
             .as_ref()
@@ -775,6 +813,7 @@ impl Registry {
             destroying: false,
             fake_reboot: false,
             pty_paths: Vec::new(),
+            vnc_port: None,
         });
         (e.state, e.reason) = match status.as_str() {
             "paused" | "prelaunch" => (DomainState::Paused, reason::PAUSED_USER),
@@ -783,6 +822,7 @@ impl Registry {
         };
         self.publish(&uuid);
         info!(domain = %rec.name, pid, id = rec.id, %status, "re-attached to running domain");
+        self.query_runtime_devices(uuid, run, qmp, wants_vnc, ctx);
         if got_shutdown {
             vm.do_send(QmpCommand {
                 command: "quit",
@@ -816,6 +856,58 @@ impl Registry {
         }
     }
 
+    /// Parses `xml` and checks it against its emulator (machine type,
+    /// arch, virt type), as libvirt does before a define or a create.
+    fn validated(&self, xml: &str) -> impl ActorFuture<Self, Output = Result<()>> {
+        let host = self.host.clone();
+        let parsed = DomainDef::parse(xml).map_err(xml_error);
+        fut::wrap_future(async move { host.validate_definition(&parsed?).await })
+    }
+
+    fn create_xml(
+        &mut self,
+        xml: String,
+        paused: bool,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let ready =
+            |r: Result<Arc<DomainView>>| -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+                Box::pin(fut::ready(r))
+            };
+        let def = match DomainDef::parse(&xml).map_err(xml_error) {
+            Ok(d) => d,
+            Err(e) => return ready(Err(e)),
+        };
+        if let Err(e) = self.check_clash(&def) {
+            return ready(Err(e));
+        }
+        let uuid = def.uuid;
+        if let Some(e) = self.domains.get(&uuid) {
+            if e.live.is_some() || e.job.is_some() {
+                return ready(Err(Error::OperationInvalid(format!(
+                    "domain '{}' is already active",
+                    def.name
+                ))));
+            }
+        }
+        // A transient domain exists only while it runs: it is entered
+        // now and removed again if the start fails.
+        let existed = self.domains.contains_key(&uuid);
+        let live_def = existed.then(|| def.clone());
+        if !existed {
+            self.domains
+                .insert(uuid, Entry::inactive(def, false, false));
+        }
+        let f = self.start(uuid, paused, live_def, ctx);
+        Box::pin(f.map(move |res, act, _| {
+            if res.is_err() && !existed {
+                act.domains.remove(&uuid);
+                act.index.remove(&uuid);
+            }
+            res
+        }))
+    }
+
     fn run_op(
         &mut self,
         op: DomainOp,
@@ -826,43 +918,20 @@ impl Registry {
                 Box::pin(fut::ready(r))
             };
         match op {
-            DomainOp::Define { xml } => ready(self.define(&xml)),
+            // libvirt checks a definition against its emulator before
+            // storing or starting anything.
+            DomainOp::Define { xml } => Box::pin(
+                self.validated(&xml)
+                    .map(move |res, act: &mut Self, _| res.and_then(|_| act.define(&xml))),
+            ),
             DomainOp::Undefine { uuid } => ready(self.undefine(&uuid)),
             DomainOp::SetAutostart { uuid, on } => ready(self.set_autostart(&uuid, on)),
-            DomainOp::CreateXml { xml, paused } => {
-                let def = match DomainDef::parse(&xml).map_err(xml_error) {
-                    Ok(d) => d,
-                    Err(e) => return ready(Err(e)),
-                };
-                if let Err(e) = self.check_clash(&def) {
-                    return ready(Err(e));
-                }
-                let uuid = def.uuid;
-                if let Some(e) = self.domains.get(&uuid) {
-                    if e.live.is_some() || e.job.is_some() {
-                        return ready(Err(Error::OperationInvalid(format!(
-                            "domain '{}' is already active",
-                            def.name
-                        ))));
-                    }
-                }
-                // A transient domain exists only while it runs: it is entered
-                // now and removed again if the start fails.
-                let existed = self.domains.contains_key(&uuid);
-                let live_def = existed.then(|| def.clone());
-                if !existed {
-                    self.domains
-                        .insert(uuid, Entry::inactive(def, false, false));
-                }
-                let f = self.start(uuid, paused, live_def, ctx);
-                Box::pin(f.map(move |res, act, _| {
-                    if res.is_err() && !existed {
-                        act.domains.remove(&uuid);
-                        act.index.remove(&uuid);
-                    }
-                    res
-                }))
-            }
+            DomainOp::CreateXml { xml, paused } => Box::pin(self.validated(&xml).then(
+                move |res, act: &mut Self, ctx| match res {
+                    Ok(()) => act.create_xml(xml, paused, ctx),
+                    Err(e) => Box::pin(fut::ready(Err(e))),
+                },
+            )),
             DomainOp::Start { uuid, paused } => self.start(uuid, paused, None, ctx),
             DomainOp::Shutdown { uuid } => self.qmp_op(uuid, "system_powerdown", |_| {}),
             DomainOp::Reboot { uuid } => {
