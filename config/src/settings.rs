@@ -174,7 +174,7 @@ impl Settings {
             qemu_binary: None,
             qmp_timeout_ms: 10_000,
             max_client_queue_bytes: 4 * 1024 * 1024,
-            max_total_queue_bytes: 64 * 1024 * 1024,
+            max_total_queue_bytes: 32 * 1024 * 1024,
             client_stall_timeout_ms: 30_000,
             log_format: "text".into(),
         }
@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(s.qemu_binary, None);
         assert_eq!(s.qmp_timeout_ms, 10_000);
         assert_eq!(s.max_client_queue_bytes, 4 * 1024 * 1024);
-        assert_eq!(s.max_total_queue_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.max_total_queue_bytes, 32 * 1024 * 1024);
         assert_eq!(s.client_stall_timeout_ms, 30_000);
         assert_eq!(s.log_format, "text");
         assert_eq!(s.validate(), Ok(()));
