@@ -173,7 +173,7 @@ pub async fn attach(pid: i32, qmp_socket: &Path, qmp_timeout: Duration) -> Resul
 
 /// Alive means running or sleeping: a zombie waiting for an init that
 /// reaps slowly is already gone as far as the domain is concerned.
-fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

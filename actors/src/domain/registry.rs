@@ -90,7 +90,23 @@ struct Entry {
     live: Option<Live>,
     /// The state-changing operation in progress, if any.
     job: Option<&'static str>,
+    /// Set while the QEMU a previous daemon left running is re-attached.
+    recovering: Option<Recovering>,
 }
+
+/// A running domain as its live record describes it, shown (running, with
+/// its id and pid) until its QEMU is re-attached or known to be gone.
+struct Recovering {
+    id: i32,
+    pid: i32,
+    def: DomainDef,
+}
+
+/// The job name of a domain being re-attached after a restart.
+const REATTACH_JOB: &str = "reattach";
+/// How long a SIGKILLed QEMU may take to vanish before recovery gives up
+/// waiting (and reports the domain off regardless).
+const RECOVERY_KILL_WAIT: Duration = Duration::from_secs(5);
 
 impl Entry {
     /// A shut-off domain as it is first known to the registry.
@@ -104,6 +120,7 @@ impl Entry {
             reason: reason::SHUTOFF_UNKNOWN,
             live: None,
             job: None,
+            recovering: None,
         }
     }
 }
@@ -156,19 +173,38 @@ impl Registry {
             self.index.remove(uuid);
             return Arc::new(placeholder_view(*uuid));
         };
-        let running_def = e.live.as_ref().map(|l| &l.def).unwrap_or(&e.def);
-        let live_xml = e.live.as_ref().map(|l| LiveXml {
-            id: l.id,
-            pty_paths: l.pty_paths.clone(),
-            vnc_port: None,
-        });
+        let recovering = e.recovering.as_ref().filter(|_| e.live.is_none());
+        let running_def = e
+            .live
+            .as_ref()
+            .map(|l| &l.def)
+            .or(recovering.map(|r| &r.def))
+            .unwrap_or(&e.def);
+        let live_xml = e
+            .live
+            .as_ref()
+            .map(|l| LiveXml {
+                id: l.id,
+                pty_paths: l.pty_paths.clone(),
+                vnc_port: None,
+            })
+            .or(recovering.map(|r| LiveXml {
+                id: r.id,
+                pty_paths: Vec::new(),
+                vnc_port: None,
+            }));
+        let active = e.live.is_some() || recovering.is_some();
         let xml: Arc<str> = Arc::from(running_def.to_xml(live_xml.as_ref()));
-        let inactive_xml =
-            (e.live.is_some() && e.persistent).then(|| Arc::from(e.def.to_xml(None)));
+        let inactive_xml = (active && e.persistent).then(|| Arc::from(e.def.to_xml(None)));
         let view = DomainView {
             name: e.def.name.clone(),
             uuid: *uuid,
-            id: e.live.as_ref().map(|l| l.id).unwrap_or(-1),
+            id: e
+                .live
+                .as_ref()
+                .map(|l| l.id)
+                .or(recovering.map(|r| r.id))
+                .unwrap_or(-1),
             state: e.state,
             reason: e.reason,
             persistent: e.persistent,
@@ -179,7 +215,7 @@ impl Registry {
             vcpus: running_def.current_vcpus,
             max_vcpus: running_def.vcpus,
             os_type: "hvm".into(),
-            pid: e.live.as_ref().map(|l| l.pid),
+            pid: e.live.as_ref().map(|l| l.pid).or(recovering.map(|r| r.pid)),
             xml,
             inactive_xml,
         };
@@ -652,8 +688,11 @@ impl Registry {
         self.stopped(&uuid, run, state_reason, detail);
     }
 
-    /// Re-attaches to QEMUs a previous daemon left running and loads the
-    /// saved definitions. Runs once, before the registry takes calls.
+    /// Loads the saved definitions and starts re-attaching to the QEMUs a
+    /// previous daemon left running. The re-attachments run concurrently,
+    /// each with its own deadline, while the registry already serves; a
+    /// domain being re-attached is shown running (it is, as far as anyone
+    /// knows) and its operations are refused with a clear error meanwhile.
     fn recover(&mut self, ctx: &mut Context<Self>) {
         for (uuid, xml, autostart) in self.store.load_definitions() {
             match DomainDef::parse(&xml) {
@@ -672,6 +711,7 @@ impl Registry {
         }
         // A QEMU with a pid file but no live record was being started when
         // the previous daemon died: nobody asked for it to run, so it goes.
+        // (The directory lock guarantees no live daemon is starting it.)
         for (uuid, pid) in self.store.pidfiles() {
             if records.iter().any(|r| r.uuid == uuid) {
                 continue;
@@ -682,9 +722,15 @@ impl Registry {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                // The domain is listed shut off: make that true first.
+                let until = Instant::now() + Duration::from_secs(1);
+                while qemu::pid_alive(pid) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             self.store.delete_live(&uuid);
         }
+        let deadline = Duration::from_millis(self.settings.qmp_timeout_ms);
         for rec in records {
             if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");
@@ -706,47 +752,93 @@ impl Registry {
                 .domains
                 .entry(rec.uuid)
                 .or_insert_with(|| Entry::inactive(def.clone(), false, false));
-            entry.job = Some("reattach");
-            let timeout = Duration::from_millis(self.settings.qmp_timeout_ms);
+            entry.job = Some(REATTACH_JOB);
+            entry.state = if rec.got_shutdown {
+                DomainState::Shutdown
+            } else {
+                DomainState::Running
+            };
+            entry.reason = 0;
+            entry.recovering = Some(Recovering {
+                id: rec.id,
+                pid: rec.pid,
+                def: def.clone(),
+            });
+            self.publish(&rec.uuid);
             let rec2 = rec.clone();
             let fut = async move {
-                let launched = qemu::attach(rec2.pid, &rec2.qmp_socket, timeout).await?;
-                let status = launched.qmp.execute("query-status", None).await.ok();
-                Ok::<_, Error>((launched, status))
+                // One deadline for the whole re-attachment of this domain;
+                // the others run alongside and are not held up by it.
+                let attach = async {
+                    let launched = qemu::attach(rec2.pid, &rec2.qmp_socket, deadline).await?;
+                    let status = launched.qmp.execute("query-status", None).await.ok();
+                    Ok::<_, Error>((launched, status))
+                };
+                match tokio::time::timeout(deadline, attach).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout(
+                        "QEMU monitor did not answer in time".into(),
+                    )),
+                }
             };
-            ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-                act.reattached(rec, def, res, ctx);
+            ctx.spawn(fut.into_actor(self).then(move |res, act, ctx| {
+                act.reattached(rec, def, res, ctx)
             }));
         }
     }
 
+    /// Finishes the re-attachment of one domain: supervise it, or, when
+    /// its monitor cannot be reached, kill the QEMU (nothing could control
+    /// it) and report the domain off once the process is really gone.
     fn reattached(
         &mut self,
         rec: LiveRecord,
         def: DomainDef,
         res: Result<(Launched, Option<serde_json::Value>)>,
         ctx: &mut Context<Self>,
-    ) {
+    ) -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> {
         let uuid = rec.uuid;
-        let Some(e) = self.domains.get_mut(&uuid) else {
-            return;
-        };
-        e.job = None;
+        let done = || -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> { Box::pin(fut::ready(())) };
+        if !self.domains.contains_key(&uuid) {
+            return done();
+        }
         let (launched, status) = match res {
             Ok(x) => x,
             Err(err) => {
                 error!(domain = %rec.name, "cannot re-attach to QEMU pid {}: {err}", rec.pid);
                 // A QEMU we cannot control must not linger unseen.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(rec.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                self.store.delete_live(&uuid);
-                if !e.persistent {
-                    self.domains.remove(&uuid);
+                let pid = rec.pid;
+                if qemu::is_our_qemu(pid, &uuid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
-                self.publish(&uuid);
-                return;
+                let gone = async move {
+                    let until = Instant::now() + RECOVERY_KILL_WAIT;
+                    while qemu::pid_alive(pid) && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                return Box::pin(gone.into_actor(self).map(move |_, act, _| {
+                    act.store.delete_live(&uuid);
+                    let Some(e) = act.domains.get_mut(&uuid) else {
+                        return;
+                    };
+                    e.job = None;
+                    e.recovering = None;
+                    e.state = DomainState::Shutoff;
+                    // libvirt's reason when the monitor of a QEMU run with
+                    // -no-shutdown cannot be reached again.
+                    e.reason = reason::SHUTOFF_CRASHED;
+                    let persistent = e.persistent;
+                    act.publish(&uuid);
+                    act.lifecycle(&uuid, lc::STOPPED, lc::STOPPED_FAILED);
+                    if !persistent {
+                        act.domains.remove(&uuid);
+                        act.index.remove(&uuid);
+                    }
+                }));
             }
         };
         let run = self.next_run;
@@ -761,8 +853,10 @@ impl Registry {
             .to_owned();
         let Some(e) = self.domains.get_mut(&uuid) else {
             // Checked at the top; nothing in between removes entries.
-            return;
+            return done();
         };
+        e.job = None;
+        e.recovering = None;
         let got_shutdown = rec.got_shutdown || status == "shutdown";
         e.live = Some(Live {
             id: rec.id,
@@ -789,6 +883,7 @@ impl Registry {
                 arguments: None,
             });
         }
+        done()
     }
 
     fn autostart(&mut self, ctx: &mut Context<Self>) {
@@ -1042,7 +1137,7 @@ impl Actor for Registry {
             error!("{e}");
         }
         self.recover(ctx);
-        // Autostart after re-attachment finished (ctx.wait above).
+        // Domains being re-attached hold a job, so autostart passes them by.
         ctx.run_later(Duration::ZERO, |act, ctx| act.autostart(ctx));
     }
 }
@@ -1070,6 +1165,11 @@ impl Registry {
             .and_then(|e| e.job);
         match busy {
             None => self.run_op(op, ctx),
+            // Not a wait behind a user's job but one of up to the monitor
+            // deadline: answer now, clearly, instead of blocking the caller.
+            Some(REATTACH_JOB) => Box::pin(fut::ready(Err(Error::Timeout(
+                "cannot acquire state change lock (held by recovery: the daemon is re-attaching to this domain's QEMU after a restart; try again shortly)".into(),
+            )))),
             Some(job) if since.elapsed() > JOB_WAIT => Box::pin(fut::ready(Err(Error::Timeout(
                 format!("cannot acquire state change lock (held by {job})"),
             )))),
