@@ -500,6 +500,7 @@ impl Registry {
             xml: l.def.to_xml(None),
             persistent: e.persistent,
             got_shutdown: l.got_shutdown,
+            paused: e.state == DomainState::Paused,
         };
         if let Err(e) = self.store.save_live(&rec) {
             error!("cannot record running domain: {e}");
@@ -537,8 +538,13 @@ impl Registry {
             // Same state: keep the reason that brought the domain there.
             return false;
         }
+        let paused_changed = (e.state == DomainState::Paused) != (state == DomainState::Paused);
         e.state = state;
         e.reason = why;
+        if paused_changed && e.live.is_some() {
+            // A restarted daemon shows this until it can ask QEMU.
+            self.save_live(uuid);
+        }
         self.publish(uuid);
         true
     }
@@ -755,6 +761,8 @@ impl Registry {
             entry.job = Some(REATTACH_JOB);
             entry.state = if rec.got_shutdown {
                 DomainState::Shutdown
+            } else if rec.paused {
+                DomainState::Paused
             } else {
                 DomainState::Running
             };

@@ -120,6 +120,10 @@ pub struct LiveRecord {
     /// A guest shutdown was already seen (QEMU waits for `quit`).
     #[serde(default)]
     pub got_shutdown: bool,
+    /// The CPUs were stopped: what a restarted daemon shows while it
+    /// re-attaches, before QEMU can be asked.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -328,6 +332,7 @@ mod tests {
             xml: "<domain/>".into(),
             persistent: true,
             got_shutdown: false,
+            paused: false,
         };
         s.save_live(&rec).unwrap();
         fs::write(d.path().join("run/live/bad.json"), b"{").unwrap();
