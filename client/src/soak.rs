@@ -377,6 +377,8 @@ pub async fn measure(uri: &str, a: &SoakArgs) -> Result<Report, ClientError> {
         .or_else(|| socket.as_deref().and_then(listener_pid));
     // The first connection checks the daemon answers at all.
     Client::connect(uri).await?.close().await?;
+    // ...and is given a moment to close that connection before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let start = pid.and_then(resources);
     let prefix = format!("qemuctl-soak-{}-", std::process::id());
     let sh = Arc::new(Shared {
