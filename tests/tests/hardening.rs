@@ -86,6 +86,25 @@ fn daemon_pid(d: &Daemon) -> i32 {
     panic!("no process holds {path}");
 }
 
+/// Waits (polling tightly) for a starting QEMU's pid file and stops that
+/// QEMU at once with SIGSTOP, which holds its start open: it has not
+/// answered its monitor yet.
+fn stop_qemu_at_its_pid_file(pidfile: &Path) -> i32 {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pid: i32 = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        if pid > 0 {
+            kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+            return pid;
+        }
+        assert!(Instant::now() < until, "no pid file {}", pidfile.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,16 +197,7 @@ fn second_daemon_on_the_same_dirs_exits_at_once_and_touches_nothing() {
         let uri = uri.clone();
         std::thread::spawn(move || virsh(&uri, &["start", "first"]))
     };
-    let mut qemu = 0;
-    wait_until(20, "QEMU to write its pid file", || {
-        qemu = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        qemu > 0
-    });
-    // The start cannot finish while QEMU is stopped.
-    kill(Pid::from_raw(qemu), Signal::SIGSTOP).unwrap();
+    let qemu = stop_qemu_at_its_pid_file(&pidfile);
 
     let t = Instant::now();
     let second = Command::new("timeout")
@@ -483,10 +493,31 @@ fn destroy_is_prompt_young_stopped_or_graceful() {
         "shut off (destroyed)"
     );
 
+    // A destroy while QEMU is still starting (held so: stopped as soon as
+    // it wrote its pid file) does not wait for the start: it kills QEMU,
+    // the start fails, and the destroy finds the domain not running, as
+    // with libvirt.
+    let uuid = virsh(&uri, &["domuuid", "quick"]).ok().trim().to_owned();
+    let pidfile = d.run_dir().join("pid").join(format!("{uuid}.pid"));
+    let starter = {
+        let uri = uri.clone();
+        std::thread::spawn(move || virsh(&uri, &["start", "quick"]))
+    };
+    let pid = stop_qemu_at_its_pid_file(&pidfile);
+    let t = Instant::now();
+    let destroyed = virsh(&uri, &["destroy", "quick"]);
+    let starting = t.elapsed();
+    eprintln!("destroy of a QEMU still starting: {starting:?}");
+    assert!(starting < Duration::from_secs(2), "{starting:?}");
+    let msg = destroyed.fails();
+    assert!(msg.contains("domain is not running"), "{msg}");
+    starter.join().unwrap().fails();
+    assert!(!qemu_alive(pid, &uuid));
+    assert_eq!(virsh(&uri, &["domstate", "quick"]).ok().trim(), "shut off");
+
     // VIR_DOMAIN_DESTROY_GRACEFUL: SIGTERM only, which a running QEMU obeys.
     rt.block_on(c.start(&dom)).expect("start");
     let pid = d.qemu_pid("quick");
-    let uuid = virsh(&uri, &["domuuid", "quick"]).ok().trim().to_owned();
     let kills_before = d.log().matches("SIGKILL").count();
     virsh(&uri, &["destroy", "--graceful", "quick"]).ok();
     assert!(!qemu_alive(pid, &uuid));

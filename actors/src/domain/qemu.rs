@@ -60,6 +60,9 @@ pub struct LaunchSpec {
     pub qmp_socket: PathBuf,
     pub log_file: PathBuf,
     pub qmp_timeout: Duration,
+    /// Set to QEMU's pid as soon as it is spawned, so a destroy can kill a
+    /// QEMU that is still starting (as libvirt's destroy does).
+    pub spawned_pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// A QEMU that is up with its monitor connected.
@@ -112,6 +115,8 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
         })?;
     let started_at = Instant::now();
     let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+    spec.spawned_pid
+        .store(pid, std::sync::atomic::Ordering::Release);
     info!(pid, emulator = %spec.emulator.display(), "started QEMU");
 
     // Connect while watching for an early exit (bad arguments, missing

@@ -92,6 +92,9 @@ struct Entry {
     job: Option<&'static str>,
     /// Set while the QEMU a previous daemon left running is re-attached.
     recovering: Option<Recovering>,
+    /// The pid of the QEMU being started (0 until spawned), while the
+    /// start job runs.
+    starting: Option<Arc<std::sync::atomic::AtomicI32>>,
 }
 
 /// A running domain as its live record describes it, shown (running, with
@@ -121,6 +124,7 @@ impl Entry {
             live: None,
             job: None,
             recovering: None,
+            starting: None,
         }
     }
 }
@@ -405,6 +409,7 @@ impl Registry {
                 qmp_socket,
                 log_file,
                 qmp_timeout,
+                spawned_pid: Arc::default(),
             },
             def,
         ))
@@ -1035,6 +1040,7 @@ impl Registry {
         };
         if let Some(e) = self.domains.get_mut(&uuid) {
             e.job = Some("start");
+            e.starting = Some(spec.spawned_pid.clone());
         }
         let name = def.name.clone();
         info!(domain = %name, "starting domain");
@@ -1051,6 +1057,7 @@ impl Registry {
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             if let Some(e) = act.domains.get_mut(&uuid) {
                 e.job = None;
+                e.starting = None;
             }
             match res {
                 Ok(launched) => act.started(uuid, def, launched, paused, ctx),
@@ -1159,6 +1166,24 @@ impl Handler<DomainOp> for Registry {
 }
 
 impl Registry {
+    /// A destroy of a domain whose QEMU is still starting does not wait for
+    /// the start: like libvirt's, it kills QEMU first (the start then fails
+    /// and the destroy finds the domain not running).
+    fn kill_starting(&mut self, uuid: &Uuid) {
+        let Some(cell) = self.domains.get(uuid).and_then(|e| e.starting.as_ref()) else {
+            return;
+        };
+        // Swapped to -1 so a destroy waiting in line kills only once.
+        let pid = cell.swap(-1, std::sync::atomic::Ordering::AcqRel);
+        if pid > 0 {
+            warn!(%uuid, pid, "destroying a domain that is still starting: killing its QEMU");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// Runs `op` once no other job holds its domain, waiting up to
     /// `JOB_WAIT` like libvirt's state change lock.
     fn queue_op(
@@ -1171,6 +1196,16 @@ impl Registry {
             .target()
             .and_then(|u| self.domains.get(&u))
             .and_then(|e| e.job);
+        if let (
+            DomainOp::Destroy {
+                uuid,
+                graceful: false,
+            },
+            Some("start"),
+        ) = (&op, busy)
+        {
+            self.kill_starting(uuid);
+        }
         match busy {
             None => self.run_op(op, ctx),
             // Not a wait behind a user's job but one of up to the monitor
