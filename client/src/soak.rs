@@ -440,7 +440,11 @@ pub async fn measure(uri: &str, a: &SoakArgs) -> Result<Report, ClientError> {
     let end = pid.and_then(resources);
     let mut destroys = sh.destroys.lock().map(|v| v.clone()).unwrap_or_default();
     destroys.sort();
-    let first_errors = sh.first_errors.lock().map(|v| v.clone()).unwrap_or_default();
+    let first_errors = sh
+        .first_errors
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
     Ok(Report {
         seconds: a.seconds,
         daemon_pid: pid,
@@ -458,7 +462,10 @@ pub async fn measure(uri: &str, a: &SoakArgs) -> Result<Report, ClientError> {
         },
         destroy_p50_ms: percentile(&destroys, 0.5),
         destroy_p99_ms: percentile(&destroys, 0.99),
-        destroy_max_ms: destroys.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
+        destroy_max_ms: destroys
+            .last()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0),
         first_errors,
     })
 }
@@ -466,10 +473,7 @@ pub async fn measure(uri: &str, a: &SoakArgs) -> Result<Report, ClientError> {
 pub async fn run(uri: &str, a: &SoakArgs, json: bool) -> Result<(), ClientError> {
     let r = measure(uri, a).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         return Ok(());
     }
     let show = |what: &str, res: &Option<Resources>| match res {

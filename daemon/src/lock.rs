@@ -67,9 +67,7 @@ impl DirLocks {
     pub fn acquire(s: &Settings) -> Result<DirLocks, String> {
         let state = lock_dir("state", &s.state_dir, 0o700)?;
         if s.run_dir == s.state_dir {
-            return Ok(DirLocks {
-                _held: vec![state],
-            });
+            return Ok(DirLocks { _held: vec![state] });
         }
         let run = lock_dir("run", &s.run_dir, run_dir_mode(s))?;
         Ok(DirLocks {
@@ -85,8 +83,10 @@ mod tests {
     #[test]
     fn second_lock_on_the_same_dirs_fails_and_changes_nothing() {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut s = Settings::default();
-        s.state_dir = d.path().join("state");
+        let mut s = Settings {
+            state_dir: d.path().join("state"),
+            ..Settings::default()
+        };
         s.set_run_dir(d.path().join("run"));
         let first = DirLocks::acquire(&s).unwrap_or_else(|e| panic!("{e}"));
         let mode = |p: &Path| {

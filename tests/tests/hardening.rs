@@ -175,7 +175,8 @@ fn lazy_readers_keep_daemon_memory_bounded_and_it_falls_back() {
     eprintln!("lazy readers: rss after they left {after} KiB");
 
     // A reply larger than the whole budget still goes out, alone.
-    let small = daemon_with_settings("max_client_queue_bytes = 1024\nmax_total_queue_bytes = 2048\n");
+    let small =
+        daemon_with_settings("max_client_queue_bytes = 1024\nmax_total_queue_bytes = 2048\n");
     let caps = virsh(&small.uri(), &["capabilities"]);
     assert!(caps.ok().len() > 2048 && caps.stdout.contains("</capabilities>"));
 }
@@ -213,7 +214,10 @@ fn second_daemon_on_the_same_dirs_exits_at_once_and_touches_nothing() {
     let took = t.elapsed();
     kill(Pid::from_raw(qemu), Signal::SIGCONT).unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "second daemon succeeded: {stderr}");
+    assert!(
+        !second.status.success(),
+        "second daemon succeeded: {stderr}"
+    );
     assert!(took < Duration::from_secs(1), "second daemon took {took:?}");
     assert!(
         stderr.contains("another qemud is already running"),
@@ -223,7 +227,10 @@ fn second_daemon_on_the_same_dirs_exits_at_once_and_touches_nothing() {
 
     let started = starter.join().unwrap();
     started.ok();
-    assert!(qemu_alive(qemu, &uuid), "the first daemon's QEMU was killed");
+    assert!(
+        qemu_alive(qemu, &uuid),
+        "the first daemon's QEMU was killed"
+    );
     assert_eq!(virsh(&uri, &["domstate", "first"]).ok().trim(), "running");
     assert!(d.socket().exists() && d.socket_ro().exists());
     virsh(&uri, &["destroy", "first"]).ok();
@@ -326,9 +333,7 @@ fn restart_after_sigkill_during_destroys_is_prompt_and_truthful() {
     // Every domain is now settled and operable again.
     for (name, _, _) in &vms {
         let _ = virsh(&uri, &["destroy", name]);
-        assert!(virsh(&uri, &["domstate", name])
-            .ok()
-            .contains("shut off"));
+        assert!(virsh(&uri, &["domstate", name]).ok().contains("shut off"));
     }
 }
 
@@ -347,14 +352,18 @@ fn no_temp_file_survives_a_restart() {
             .join("domains")
             .join(format!(".{uuid}.xml.tmp-999999")),
         d.state_dir().join("domains").join(".other.xml.tmp-1"),
-        d.state_dir().join("autostart").join(format!(".{uuid}.tmp-42")),
+        d.state_dir()
+            .join("autostart")
+            .join(format!(".{uuid}.tmp-42")),
         d.run_dir().join("live").join(format!(".{uuid}.json.tmp-7")),
     ];
     for p in &stale {
         std::fs::write(p, b"").unwrap();
     }
     d.restart();
-    assert!(virsh(&uri, &["list", "--all", "--name"]).ok().contains("keep"));
+    assert!(virsh(&uri, &["list", "--all", "--name"])
+        .ok()
+        .contains("keep"));
     for dir in [
         d.state_dir().join("domains"),
         d.state_dir().join("autostart"),
@@ -414,7 +423,10 @@ fn files_are_private_keys_checked_and_logs_plain() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cfg = d.dir.path().join("tls.toml");
     std::fs::write(&cfg, pki.settings(&format!("127.0.0.1:{}", free_port()))).unwrap();
-    let other = tempfile::Builder::new().prefix("qd").tempdir_in("/tmp").unwrap();
+    let other = tempfile::Builder::new()
+        .prefix("qd")
+        .tempdir_in("/tmp")
+        .unwrap();
     let out = Command::new("timeout")
         .arg("20")
         .arg(binary("qemud"))
@@ -527,10 +539,7 @@ fn destroy_is_prompt_young_stopped_or_graceful() {
         "a graceful destroy sent SIGKILL:\n{}",
         d.log()
     );
-    assert_eq!(
-        virsh(&uri, &["domstate", "quick"]).ok().trim(),
-        "shut off"
-    );
+    assert_eq!(virsh(&uri, &["domstate", "quick"]).ok().trim(), "shut off");
 }
 
 /// The soak: mixed load for QEMUD_SOAK_SECONDS (default 60), then no fd,
@@ -571,7 +580,11 @@ fn soak_leaks_no_fds_qemus_or_memory() {
         start["fds"],
         end["fds"]
     );
-    assert!(n(&r["peak_rss_kib"]) < 200 * MIB, "peak RSS {}", r["peak_rss_kib"]);
+    assert!(
+        n(&r["peak_rss_kib"]) < 200 * MIB,
+        "peak RSS {}",
+        r["peak_rss_kib"]
+    );
     assert!(
         n(&end["rss_kib"]) < n(&start["rss_kib"]) + 32 * MIB,
         "RSS grew from {} to {} KiB",

@@ -393,7 +393,10 @@ impl Handler<Kill> for QemuVm {
                 self.signal(Signal::SIGTERM);
                 ctx.run_later(FORCE_GRACE, |act, _| {
                     if !act.exited {
-                        warn!(pid = act.pid, "QEMU did not exit on SIGTERM; sending SIGKILL");
+                        warn!(
+                            pid = act.pid,
+                            "QEMU did not exit on SIGTERM; sending SIGKILL"
+                        );
                         act.signal(Signal::SIGKILL);
                     }
                 });
@@ -407,7 +410,10 @@ impl Handler<Kill> for QemuVm {
                     // means a QEMU that will not act on SIGTERM either.
                     if let Err(crate::domain::qmp::QmpError::Timeout(_)) = res {
                         if !act.exited {
-                            warn!(pid = act.pid, "QEMU monitor does not answer; sending SIGKILL");
+                            warn!(
+                                pid = act.pid,
+                                "QEMU monitor does not answer; sending SIGKILL"
+                            );
                             act.signal(Signal::SIGKILL);
                         }
                     }

@@ -789,14 +789,13 @@ impl Registry {
                 };
                 match tokio::time::timeout(deadline, attach).await {
                     Ok(r) => r,
-                    Err(_) => Err(Error::Timeout(
-                        "QEMU monitor did not answer in time".into(),
-                    )),
+                    Err(_) => Err(Error::Timeout("QEMU monitor did not answer in time".into())),
                 }
             };
-            ctx.spawn(fut.into_actor(self).then(move |res, act, ctx| {
-                act.reattached(rec, def, res, ctx)
-            }));
+            ctx.spawn(
+                fut.into_actor(self)
+                    .then(move |res, act, ctx| act.reattached(rec, def, res, ctx)),
+            );
         }
     }
 
@@ -811,7 +810,9 @@ impl Registry {
         ctx: &mut Context<Self>,
     ) -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> {
         let uuid = rec.uuid;
-        let done = || -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> { Box::pin(fut::ready(())) };
+        let done = || -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> {
+            Box::pin(fut::ready(()))
+        };
         if !self.domains.contains_key(&uuid) {
             return done();
         }
