@@ -174,11 +174,31 @@ fn lazy_readers_keep_daemon_memory_bounded_and_it_falls_back() {
     });
     eprintln!("lazy readers: rss after they left {after} KiB");
 
-    // A reply larger than the whole budget still goes out, alone.
-    let small =
-        daemon_with_settings("max_client_queue_bytes = 1024\nmax_total_queue_bytes = 2048\n");
+    // A reply larger than the whole budget still goes out, alone...
+    let small = daemon_with_settings(
+        "max_client_queue_bytes = 1024\nmax_total_queue_bytes = 2048\nclient_stall_timeout_ms = 1000\n",
+    );
     let caps = virsh(&small.uri(), &["capabilities"]);
     assert!(caps.ok().len() > 2048 && caps.stdout.contains("</capabilities>"));
+    // ...and a client that stays over its budget without reading is
+    // dropped: its socket reaches end-of-file (not a read timeout).
+    let mut lazy = UnixStream::connect(small.socket_ro()).unwrap();
+    lazy.set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let _ = lazy.write_all(&frames);
+    wait_until(15, "the stalled client to be dropped", || {
+        small.log().contains("is not reading its messages")
+    });
+    lazy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    // Closed with calls still unread, the socket may also be reset.
+    match std::io::Read::read_to_end(&mut lazy, &mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the stalled client's socket is still open: {e}"),
+    }
+    virsh(&small.uri(), &["list"]).ok();
 }
 
 /// Case 2: a second daemon on the same directories. Before: it ran
