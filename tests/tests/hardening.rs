@@ -317,6 +317,17 @@ fn restart_after_sigkill_during_destroys_is_prompt_and_truthful() {
     assert!(busy_took < Duration::from_secs(1), "{busy_took:?}");
     let msg = busy.fails();
     assert!(msg.contains("re-attaching"), "{msg}");
+    // Destroy, the operator's way out, does not wait for the monitor.
+    let (k9_uuid, k9_pid) = (vms[9].1.clone(), vms[9].2);
+    let t = Instant::now();
+    virsh(&uri, &["destroy", "k9"]).ok();
+    let destroy_took = t.elapsed();
+    assert!(destroy_took < Duration::from_secs(1), "{destroy_took:?}");
+    assert!(!qemu_alive(k9_pid, &k9_uuid));
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "k9"]).ok().trim(),
+        "shut off (destroyed)"
+    );
 
     // Watch the listing until the unreachable QEMUs are dealt with:
     // whatever is listed inactive must have no QEMU left.
@@ -349,7 +360,9 @@ fn restart_after_sigkill_during_destroys_is_prompt_and_truthful() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("restart: other domain answered in {answered:?}; {rounds} listings checked");
+    eprintln!(
+        "restart: other domain answered in {answered:?}, destroy during re-attachment took {destroy_took:?}; {rounds} listings checked"
+    );
     // Every domain is now settled and operable again.
     for (name, _, _) in &vms {
         let _ = virsh(&uri, &["destroy", name]);

@@ -103,6 +103,8 @@ struct Recovering {
     id: i32,
     pid: i32,
     def: DomainDef,
+    /// A destroy killed the QEMU meanwhile: its end is reported as such.
+    destroyed: bool,
 }
 
 /// The job name of a domain being re-attached after a restart.
@@ -776,6 +778,7 @@ impl Registry {
                 id: rec.id,
                 pid: rec.pid,
                 def: def.clone(),
+                destroyed: false,
             });
             self.publish(&rec.uuid);
             let rec2 = rec.clone();
@@ -828,6 +831,11 @@ impl Registry {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
+                let destroyed = self
+                    .domains
+                    .get(&uuid)
+                    .and_then(|e| e.recovering.as_ref())
+                    .is_some_and(|r| r.destroyed);
                 let gone = async move {
                     let until = Instant::now() + RECOVERY_KILL_WAIT;
                     while qemu::pid_alive(pid) && Instant::now() < until {
@@ -842,12 +850,17 @@ impl Registry {
                     e.job = None;
                     e.recovering = None;
                     e.state = DomainState::Shutoff;
-                    // libvirt's reason when the monitor of a QEMU run with
-                    // -no-shutdown cannot be reached again.
-                    e.reason = reason::SHUTOFF_CRASHED;
+                    // Otherwise libvirt's reason when the monitor of a QEMU
+                    // run with -no-shutdown cannot be reached again.
+                    let (why, detail) = if destroyed {
+                        (reason::SHUTOFF_DESTROYED, lc::STOPPED_DESTROYED)
+                    } else {
+                        (reason::SHUTOFF_CRASHED, lc::STOPPED_FAILED)
+                    };
+                    e.reason = why;
                     let persistent = e.persistent;
                     act.publish(&uuid);
-                    act.lifecycle(&uuid, lc::STOPPED, lc::STOPPED_FAILED);
+                    act.lifecycle(&uuid, lc::STOPPED, detail);
                     if !persistent {
                         act.domains.remove(&uuid);
                         act.index.remove(&uuid);
@@ -870,7 +883,9 @@ impl Registry {
             return done();
         };
         e.job = None;
-        e.recovering = None;
+        // Killed by a destroy after the monitor answered: the exit the
+        // watcher reports is that destroy's.
+        let destroying = e.recovering.take().is_some_and(|r| r.destroyed);
         let got_shutdown = rec.got_shutdown || status == "shutdown";
         e.live = Some(Live {
             id: rec.id,
@@ -880,7 +895,7 @@ impl Registry {
             pid,
             qmp_socket: rec.qmp_socket.clone(),
             got_shutdown,
-            destroying: false,
+            destroying,
             fake_reboot: false,
             pty_paths: Vec::new(),
         });
@@ -1185,6 +1200,64 @@ impl Registry {
         }
     }
 
+    /// A destroy of a domain being re-attached does not wait for the
+    /// monitor: it kills the recorded QEMU (after checking it is that
+    /// domain's), and recovery then reports the domain destroyed.
+    fn kill_recovering(&mut self, uuid: &Uuid) {
+        let Some(r) = self
+            .domains
+            .get_mut(uuid)
+            .and_then(|e| e.recovering.as_mut())
+        else {
+            return;
+        };
+        if std::mem::replace(&mut r.destroyed, true) {
+            return;
+        }
+        if qemu::is_our_qemu(r.pid, uuid) {
+            warn!(%uuid, pid = r.pid, "destroying a domain being re-attached: killing its QEMU");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(r.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Waits for the re-attachment a destroy cut short to end: the domain
+    /// is then off (success), or was re-attached just before the kill took
+    /// effect, and is destroyed the ordinary way.
+    fn destroy_recovering(
+        &mut self,
+        uuid: Uuid,
+        since: Instant,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let Some(e) = self.domains.get(&uuid) else {
+            // A transient domain is gone with its QEMU.
+            return Box::pin(fut::ready(Ok(Arc::new(placeholder_view(uuid)))));
+        };
+        if e.job == Some(REATTACH_JOB) {
+            if since.elapsed() > JOB_WAIT {
+                return Box::pin(fut::ready(Err(Error::Timeout(
+                    "cannot acquire state change lock (held by recovery)".into(),
+                ))));
+            }
+            return Box::pin(
+                tokio::time::sleep(Duration::from_millis(10))
+                    .into_actor(self)
+                    .then(move |_, act, ctx| act.destroy_recovering(uuid, since, ctx)),
+            );
+        }
+        if e.live.is_some() {
+            let op = DomainOp::Destroy {
+                uuid,
+                graceful: false,
+            };
+            return self.queue_op(op, since, ctx);
+        }
+        Box::pin(fut::ready(self.view(&uuid)))
+    }
+
     /// Runs `op` once no other job holds its domain, waiting up to
     /// `JOB_WAIT` like libvirt's state change lock.
     fn queue_op(
@@ -1206,6 +1279,18 @@ impl Registry {
         ) = (&op, busy)
         {
             self.kill_starting(uuid);
+        }
+        if let (
+            DomainOp::Destroy {
+                uuid,
+                graceful: false,
+            },
+            Some(REATTACH_JOB),
+        ) = (&op, busy)
+        {
+            let uuid = *uuid;
+            self.kill_recovering(&uuid);
+            return self.destroy_recovering(uuid, since, ctx);
         }
         match busy {
             None => self.run_op(op, ctx),
