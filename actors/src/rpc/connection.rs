@@ -319,25 +319,36 @@ impl Connection {
         let writer_task = actix_rt::spawn(async move {
             let budget = writer_budget;
             let mut sink = FramedWrite::new(writer, codec);
-            // Bytes fed to the sink and not yet flushed: still in memory.
-            let mut unflushed = (0usize, 0usize);
+            // The packets fed to the sink that may still sit in its buffer.
+            // Feeding a packet first writes out whatever the buffer held
+            // beyond its small backpressure boundary, so once a feed
+            // returns, the packets fed before it have left (within a few
+            // KiB): the count follows the stream even when the queue never
+            // runs empty.
+            let mut held = (0usize, 0usize);
+            let release = |held: &mut (usize, usize)| {
+                let (bytes, packets) = std::mem::take(held);
+                if packets > 0 {
+                    budget.packets.fetch_sub(packets, Ordering::AcqRel);
+                    budget.written.fetch_add(packets as u64, Ordering::AcqRel);
+                    budget.sub(bytes);
+                }
+            };
             while let Some(packet) = rx.recv().await {
                 let bytes = packet_bytes(&packet);
-                unflushed = (unflushed.0 + bytes, unflushed.1 + 1);
                 if let Err(e) = sink.feed(packet).await {
                     debug!("client write failed: {e}");
                     break;
                 }
+                release(&mut held);
+                held = (bytes, 1);
                 // Batch what is already queued into one flush.
                 if rx.is_empty() {
                     if let Err(e) = sink.flush().await {
                         debug!("client flush failed: {e}");
                         break;
                     }
-                    let (bytes, packets) = std::mem::take(&mut unflushed);
-                    budget.packets.fetch_sub(packets, Ordering::AcqRel);
-                    budget.written.fetch_add(packets as u64, Ordering::AcqRel);
-                    budget.sub(bytes);
+                    release(&mut held);
                 }
             }
             budget.writer_gone.store(true, Ordering::Release);
@@ -739,4 +750,102 @@ pub fn event_packet<T: serde::Serialize>(procedure: i32, body: &T) -> Result<Pac
         Header::message(program::REMOTE, program::REMOTE_VERSION, procedure),
         encode(body)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The global count is shared: these tests take turns with it.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn budget(limit: usize) -> Budget {
+        let settings = qemud_config::settings::Settings {
+            max_client_queue_bytes: limit,
+            // Other tests in this process may hold bytes in the global
+            // count: keep the global limit out of the way here.
+            max_total_queue_bytes: usize::MAX / 4,
+            max_client_requests: 2,
+            max_queued_messages: 100,
+            ..Default::default()
+        };
+        Budget::new(&settings)
+    }
+
+    #[test]
+    fn gate_closes_over_the_budget_and_opens_when_it_drains() {
+        let _turn = serial();
+        let b = budget(1000);
+        assert!(!b.closed());
+        b.add(600);
+        assert!(!b.closed());
+        b.add(600);
+        assert!(b.closed(), "1200 bytes queued with a 1000-byte budget");
+        b.sub(600);
+        assert!(!b.closed());
+        // Calls waiting for a slot close it too.
+        b.waiting_calls.store(2, Ordering::Release);
+        assert!(b.closed());
+        b.waiting_calls.store(0, Ordering::Release);
+        // So does a writer that is far behind in packets.
+        b.packets.store(100, Ordering::Release);
+        assert!(b.closed());
+        b.packets.store(0, Ordering::Release);
+        // ...unless the writer is gone: then reading finds the end.
+        b.add(5000);
+        b.writer_gone.store(true, Ordering::Release);
+        assert!(!b.closed());
+    }
+
+    #[test]
+    fn events_fit_up_to_twice_the_budget_and_alone_at_any_size() {
+        let _turn = serial();
+        let b = budget(1000);
+        assert!(b.event_fits(50_000), "an empty queue takes any one packet");
+        b.add(1500);
+        assert!(b.event_fits(500));
+        assert!(!b.event_fits(501));
+        b.sub(1500);
+        assert!(b.event_fits(50_000));
+    }
+
+    #[test]
+    fn a_dropped_budget_gives_its_bytes_back_to_the_global_count() {
+        let _turn = serial();
+        let before = total_queued_bytes();
+        let b = budget(1000);
+        b.add(12345);
+        b.sub(45);
+        assert_eq!(total_queued_bytes(), before + 12300);
+        drop(b);
+        assert_eq!(total_queued_bytes(), before);
+    }
+
+    #[test]
+    fn room_waits_for_the_queue_to_drain() {
+        let _turn = serial();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let b = Arc::new(budget(100));
+            b.add(500);
+            let waiter = {
+                let b = b.clone();
+                tokio::spawn(async move { b.room().await })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiter.is_finished());
+            b.sub(500);
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("woken")
+                .expect("joined");
+        });
+    }
 }
