@@ -1,5 +1,7 @@
 //! qemuctl: a virsh-like command line for qemud (and any libvirt daemon).
 
+mod soak;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -106,6 +108,8 @@ enum Cmd {
     },
     /// Measure a daemon's latency and throughput.
     Bench(BenchArgs),
+    /// Mixed load for a set time; the daemon's RSS, fds, threads and QEMUs before and after.
+    Soak(soak::SoakArgs),
     #[command(flatten)]
     Objects(ObjectCmd),
     #[command(flatten)]
@@ -429,6 +433,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Cmd::Bench(args) = &cli.command {
         return bench::run(&cli.uri, args, cli.json).await;
     }
+    if let Cmd::Soak(args) = &cli.command {
+        return soak::run(&cli.uri, args, cli.json).await;
+    }
     let client = Client::connect_with(&cli.uri, cli.readonly).await?;
     let c = &client;
     let json = cli.json;
@@ -685,7 +692,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::Objects(cmd) => objects(c, cmd, json).await?,
-        Cmd::Bench(_) => unreachable!("handled above"),
+        Cmd::Bench(_) | Cmd::Soak(_) => unreachable!("handled above"),
         Cmd::Host(cmd) => run_host(c, cmd, json).await?,
     }
     Ok(())

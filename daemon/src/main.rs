@@ -4,6 +4,7 @@
 //! re-attached by the next start).
 
 mod listeners;
+mod lock;
 mod tls;
 
 use std::path::PathBuf;
@@ -55,6 +56,10 @@ struct Args {
     /// QEMU binary to use.
     #[arg(long)]
     qemu: Option<String>,
+    /// Log as "text" (coloured only on a terminal) or "json" (one object
+    /// per line, for journald and containers); overrides `log_format`.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn apply(args: &Args, s: &mut Settings) {
@@ -82,17 +87,40 @@ fn apply(args: &Args, s: &mut Settings) {
     if let Some(q) = &args.qemu {
         s.qemu_binary = Some(q.clone());
     }
+    if let Some(f) = &args.log_format {
+        s.log_format = f.clone();
+    }
+}
+
+/// Logs to stderr as text or JSON. Colour codes only reach a terminal:
+/// in a file, a pipe or the journal they are noise.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    let mut settings = match Settings::load(args.config.as_deref()) {
+    let loaded = Settings::load(args.config.as_deref());
+    let format = args
+        .log_format
+        .clone()
+        .or_else(|| loaded.as_ref().ok().map(|s| s.log_format.clone()))
+        .unwrap_or_else(|| "text".into());
+    init_logging(&format);
+    let mut settings = match loaded {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -105,6 +133,15 @@ fn main() {
         error!("invalid settings: {e}");
         std::process::exit(1);
     }
+    // Before anything else touches the directories: a second daemon on
+    // them must leave the first one's QEMUs, records and sockets alone.
+    let _locks = match lock::DirLocks::acquire(&settings) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
     let settings = Arc::new(settings);
 
     let system = actix_rt::System::new();
