@@ -531,6 +531,9 @@ where
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = qemud_clidoc::generate_if_asked(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -85,6 +85,9 @@ fn apply(args: &Args, s: &mut Settings) {
 }
 
 fn main() {
+    if let Some(code) = qemud_clidoc::generate_if_asked(<Args as clap::CommandFactory>::command) {
+        std::process::exit(code);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -157,9 +160,12 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         }
     }
     info!("qemud ready");
+    // Under systemd (Type=notify) this tells it the sockets are listening.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     wait_for_shutdown().await;
     info!("shutting down; running domains keep running");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     listeners.close();
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
