@@ -41,6 +41,13 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     ovmf \
     >/dev/null
 
+# The containerised integration test (docker/test.sh) and the Debian package.
+$SUDO apt-get install -y -qq --no-install-recommends \
+    docker.io \
+    docker-compose \
+    debootstrap \
+    >/dev/null
+
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would
 # also build an initramfs for the host, which we do not need: unpack the
 # package instead, unless a kernel is already present.

@@ -1066,6 +1066,9 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = qemud_clidoc::generate_if_asked(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

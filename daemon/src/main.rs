@@ -112,6 +112,9 @@ fn init_logging(format: &str) {
 }
 
 fn main() {
+    if let Some(code) = qemud_clidoc::generate_if_asked(<Args as clap::CommandFactory>::command) {
+        std::process::exit(code);
+    }
     let args = Args::parse();
     let loaded = Settings::load(args.config.as_deref());
     let format = args
@@ -201,9 +204,12 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         }
     }
     info!("qemud ready");
+    // Under systemd (Type=notify) this tells it the sockets are listening.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     wait_for_shutdown().await;
     info!("shutting down; running domains keep running");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     listeners.close();
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
