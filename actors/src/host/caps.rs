@@ -82,6 +82,22 @@ impl HostInfo {
             .unwrap_or_else(|| self.emulator.clone())
     }
 
+    /// The capabilities document as XML, rendered once: neither the host nor
+    /// the emulator changes under a running daemon, rendering reads sysfs
+    /// and libvirt's CPU map, and clients ask for it on every connect. A
+    /// failed emulator probe is not cached, so the next call tries again.
+    pub async fn capabilities_xml(&self) -> Arc<str> {
+        if let Some(xml) = self.capabilities_xml.get() {
+            return xml.clone();
+        }
+        let probed = self.emulator_caps(&self.emulator, "qemu").await.is_ok();
+        let xml: Arc<str> = Arc::from(self.capabilities().await.to_xml());
+        if probed {
+            let _ = self.capabilities_xml.set(xml.clone());
+        }
+        xml
+    }
+
     /// The capabilities document (`virsh capabilities`).
     pub async fn capabilities(&self) -> Capabilities {
         let caps = self.emulator_caps(&self.emulator, "qemu").await.ok();

@@ -37,6 +37,8 @@ pub struct HostInfo {
     pub host_uuid: String,
     /// What each emulator can do, probed over QMP on first need.
     pub probes: Arc<ProbeCache>,
+    /// The capabilities document, rendered once the emulator was probed.
+    pub capabilities_xml: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Finds the QEMU binary: the configured one, else the first of the usual
@@ -135,6 +137,7 @@ impl HostInfo {
             .unwrap_or(1);
         HostInfo {
             probes: Arc::new(ProbeCache::default()),
+            capabilities_xml: std::sync::OnceLock::new(),
             emulator,
             qemu_version,
             kvm: kvm_usable(),

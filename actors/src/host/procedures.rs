@@ -79,7 +79,7 @@ async fn get_hostname(_: &Call, _: ()) -> Result<ConnectGetHostnameRet> {
 
 async fn get_capabilities(call: &Call, _: ()) -> Result<ConnectGetCapabilitiesRet> {
     Ok(ConnectGetCapabilitiesRet {
-        capabilities: call.svc.host.capabilities().await.to_xml().into(),
+        capabilities: call.svc.host.capabilities_xml().await.to_string().into(),
     })
 }
 
