@@ -10,4 +10,6 @@ pub mod procedures;
 pub mod qemu;
 pub mod qmp;
 pub mod registry;
+pub mod stats;
 pub mod store;
+pub mod tuning;

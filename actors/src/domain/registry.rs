@@ -1092,3 +1092,8 @@ impl Handler<VmNotice> for Registry {
         }
     }
 }
+
+// Statistics and tuning messages (handles of running VMs, memory, vCPUs,
+// metadata, rename) live in their own file.
+#[path = "registry_tune.rs"]
+pub mod tune;

@@ -1,0 +1,403 @@
+//! Registry messages for runtime statistics and tuning: handing out the
+//! handles of running VMs to the stats collector, and changes to memory,
+//! vCPUs, metadata and names. A child module of `registry`, so it keeps the
+//! registry's state private while living apart from the lifecycle code.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+use uuid::Uuid;
+
+use qemud_config::domain::DomainDef;
+use qemud_protocol::remote::NonnullDomain;
+use qemud_protocol::xdr::OptString;
+
+use super::Registry;
+use crate::domain::index::DomainView;
+use crate::domain::qemu::{QemuVm, QmpCommand};
+use crate::error::{Error, Result};
+use crate::events::{Event, Family, ObjectKey};
+
+/// `virDomainModificationImpact` and the flags that share its bits.
+pub const AFFECT_LIVE: u32 = 1;
+pub const AFFECT_CONFIG: u32 = 2;
+/// `VIR_DOMAIN_MEM_MAXIMUM` / `VIR_DOMAIN_VCPU_MAXIMUM`.
+pub const MAXIMUM: u32 = 4;
+
+/// What the stats collector needs of one running domain.
+#[derive(Clone)]
+pub struct LiveHandle {
+    pub uuid: Uuid,
+    pub pid: i32,
+    pub vm: Addr<QemuVm>,
+    /// The definition the domain runs with.
+    pub def: DomainDef,
+}
+
+/// The handles of running domains (all, or the one given).
+#[derive(Message)]
+#[rtype(result = "Vec<LiveHandle>")]
+pub struct LiveHandles {
+    pub only: Option<Uuid>,
+}
+
+impl Handler<LiveHandles> for Registry {
+    type Result = MessageResult<LiveHandles>;
+
+    fn handle(&mut self, msg: LiveHandles, _: &mut Self::Context) -> Self::Result {
+        let handles = self
+            .domains
+            .iter()
+            .filter(|(u, _)| msg.only.is_none_or(|o| o == **u))
+            .filter_map(|(u, e)| {
+                e.live.as_ref().map(|l| LiveHandle {
+                    uuid: *u,
+                    pid: l.pid,
+                    vm: l.vm.clone(),
+                    def: l.def.clone(),
+                })
+            })
+            .collect();
+        MessageResult(handles)
+    }
+}
+
+/// `virDomainMetadataType`.
+pub mod metadata_kind {
+    pub const DESCRIPTION: i32 = 0;
+    pub const TITLE: i32 = 1;
+    pub const ELEMENT: i32 = 2;
+}
+
+/// Changes of memory, vCPUs, metadata and name.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Arc<DomainView>>")]
+pub enum TuneOp {
+    /// `virDomainSetMemoryFlags`: kibibytes; `MAXIMUM` in flags for the
+    /// maximum.
+    SetMemory { uuid: Uuid, kib: u64, flags: u32 },
+    /// `virDomainSetVcpusFlags` for the persistent definition.
+    SetVcpus { uuid: Uuid, count: u32, flags: u32 },
+    /// `virDomainSetMetadata`.
+    SetMetadata {
+        uuid: Uuid,
+        kind: i32,
+        value: Option<String>,
+        key: Option<String>,
+        uri: Option<String>,
+        flags: u32,
+    },
+    /// `virDomainRename`.
+    Rename { uuid: Uuid, new_name: String },
+}
+
+/// Which definitions a change applies to (`virDomainObjGetDefs`).
+struct Targets {
+    live: bool,
+    config: bool,
+}
+
+impl Registry {
+    fn targets(&mut self, uuid: &Uuid, flags: u32) -> Result<Targets> {
+        let e = self.entry(uuid)?;
+        let active = e.live.is_some();
+        let (mut live, config) = (flags & AFFECT_LIVE != 0, flags & AFFECT_CONFIG != 0);
+        let config = if !live && !config {
+            live = active;
+            !active
+        } else {
+            config
+        };
+        if live && !active {
+            return Err(Error::OperationInvalid("domain is not running".into()));
+        }
+        if config && !e.persistent {
+            return Err(Error::OperationInvalid(
+                "transient domains do not have any persistent config".into(),
+            ));
+        }
+        Ok(Targets { live, config })
+    }
+
+    /// Writes the persistent definition and publishes the new view.
+    fn commit(&mut self, uuid: &Uuid, persistent: Option<DomainDef>, live: Option<DomainDef>) -> Result<Arc<DomainView>> {
+        if let Some(def) = persistent {
+            self.store.save_definition(uuid, &def.to_xml(None))?;
+            let e = self.entry(uuid)?;
+            e.def = def;
+        }
+        if let Some(def) = live {
+            if let Some(l) = self.entry(uuid)?.live.as_mut() {
+                l.def = def;
+            }
+            self.save_live(uuid);
+        }
+        Ok(self.publish(uuid))
+    }
+
+    fn defs(&mut self, uuid: &Uuid, t: &Targets) -> Result<(Option<DomainDef>, Option<DomainDef>)> {
+        let e = self.entry(uuid)?;
+        let live = if t.live {
+            e.live.as_ref().map(|l| l.def.clone())
+        } else {
+            None
+        };
+        let config = t.config.then(|| e.def.clone());
+        Ok((config, live))
+    }
+
+    fn set_memory(
+        &mut self,
+        uuid: Uuid,
+        kib: u64,
+        flags: u32,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let ready = |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
+        let t = match self.targets(&uuid, flags & (AFFECT_LIVE | AFFECT_CONFIG)) {
+            Ok(t) => t,
+            Err(e) => return ready(Err(e)),
+        };
+        let (config, live) = match self.defs(&uuid, &t) {
+            Ok(d) => d,
+            Err(e) => return ready(Err(e)),
+        };
+        if flags & MAXIMUM != 0 {
+            if live.is_some() {
+                return ready(Err(Error::OperationInvalid(
+                    "cannot resize the maximum memory on an active domain".into(),
+                )));
+            }
+            let config = config.map(|mut d| {
+                d.memory_kib = kib;
+                d.current_memory_kib = d.current_memory_kib.min(kib);
+                d
+            });
+            return ready(self.commit(&uuid, config, None));
+        }
+        let oldmax = match (&live, &config) {
+            (Some(l), Some(c)) => l.memory_kib.min(c.memory_kib),
+            (Some(l), None) => l.memory_kib,
+            (None, Some(c)) => c.memory_kib,
+            (None, None) => 0,
+        };
+        if kib > oldmax {
+            return ready(Err(Error::InvalidArg(
+                "cannot set memory higher than max memory".into(),
+            )));
+        }
+        let config = config.map(|mut d| {
+            d.current_memory_kib = kib;
+            d
+        });
+        let Some(mut live) = live else {
+            return ready(self.commit(&uuid, config, None));
+        };
+        if live.devices.memballoon != "virtio" {
+            return ready(Err(Error::OperationInvalid(
+                "Unable to change memory of active domain without the balloon device and guest OS balloon driver".into(),
+            )));
+        }
+        let vm = match self.vm(&uuid) {
+            Ok(vm) => vm,
+            Err(e) => return ready(Err(e)),
+        };
+        let cmd = QmpCommand {
+            command: "balloon",
+            arguments: Some(serde_json::json!({ "value": kib * 1024 })),
+        };
+        Box::pin(vm.send(cmd).into_actor(self).map(move |res, act, _| {
+            res.map_err(|_| Error::OperationInvalid("domain is not running".into()))??;
+            live.current_memory_kib = kib;
+            act.commit(&uuid, config, Some(live))
+        }))
+    }
+
+    fn set_vcpus(&mut self, uuid: Uuid, count: u32, flags: u32) -> Result<Arc<DomainView>> {
+        let t = self.targets(&uuid, flags & (AFFECT_LIVE | AFFECT_CONFIG))?;
+        if count == 0 {
+            return Err(Error::InvalidArg("argument unsupported: vcpus count must be greater than 0".into()));
+        }
+        if t.live {
+            return Err(Error::OperationUnsupported(
+                "changing the number of vCPUs of a running domain is not supported by this QEMU machine".into(),
+            ));
+        }
+        let (config, _) = self.defs(&uuid, &t)?;
+        let Some(mut def) = config else {
+            return Ok(self.publish(&uuid));
+        };
+        if flags & MAXIMUM != 0 {
+            def.vcpus = count;
+            def.current_vcpus = def.current_vcpus.min(count);
+        } else {
+            if count > def.vcpus {
+                return Err(Error::InvalidArg(format!(
+                    "requested vcpus is greater than max allowable vcpus for the persistent domain: {count} > {}",
+                    def.vcpus
+                )));
+            }
+            def.current_vcpus = count;
+        }
+        self.commit(&uuid, Some(def), None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_metadata(
+        &mut self,
+        uuid: Uuid,
+        kind: i32,
+        value: Option<String>,
+        key: Option<String>,
+        uri: Option<String>,
+        flags: u32,
+    ) -> Result<Arc<DomainView>> {
+        let t = self.targets(&uuid, flags)?;
+        let (config, live) = self.defs(&uuid, &t)?;
+        let apply = |mut d: DomainDef| -> Result<DomainDef> {
+            let value = value.clone().filter(|v| !v.is_empty());
+            match kind {
+                metadata_kind::DESCRIPTION => d.description = value,
+                metadata_kind::TITLE => {
+                    if value.as_deref().is_some_and(|v| v.contains('\n')) {
+                        return Err(Error::InvalidArg(
+                            "Domain title can't contain newlines".into(),
+                        ));
+                    }
+                    d.title = value
+                }
+                metadata_kind::ELEMENT => {
+                    let uri = uri.clone().unwrap_or_default();
+                    d.metadata = set_element(d.metadata.take(), &uri, key.as_deref(), value.as_deref())?;
+                }
+                other => {
+                    return Err(Error::InvalidArg(format!(
+                        "unknown metadata type '{other}'"
+                    )))
+                }
+            }
+            Ok(d)
+        };
+        let config = config.map(apply).transpose()?;
+        let live = live.map(apply).transpose()?;
+        let v = self.commit(&uuid, config, live)?;
+        let nsuri = (kind == metadata_kind::ELEMENT).then(|| uri.clone().unwrap_or_default());
+        self.emit(&uuid, |d| metadata_event(d, kind, nsuri));
+        Ok(v)
+    }
+
+    fn rename(&mut self, uuid: Uuid, new_name: String) -> Result<Arc<DomainView>> {
+        qemud_config::domain::validate_name(&new_name)
+            .map_err(|e| Error::InvalidArg(e.to_string()))?;
+        let e = self.entry(&uuid)?;
+        if e.live.is_some() {
+            return Err(Error::OperationInvalid("cannot rename active domain".into()));
+        }
+        if !e.persistent {
+            return Err(Error::OperationInvalid(
+                "cannot rename a transient domain".into(),
+            ));
+        }
+        if e.def.name == new_name {
+            return Err(Error::OperationInvalid(
+                "Can't rename domain to itself".into(),
+            ));
+        }
+        let old_name = e.def.name.clone();
+        if let Some(other) = self.domains.values().find(|o| o.def.name == new_name) {
+            return Err(Error::OperationInvalid(format!(
+                "domain with name '{}' already exists",
+                other.def.name
+            )));
+        }
+        let mut def = self.entry(&uuid)?.def.clone();
+        def.name = new_name;
+        // libvirt reports the old name as undefined and the new one as
+        // defined, both under the same UUID.
+        self.lifecycle(&uuid, crate::events::lifecycle::UNDEFINED, 1);
+        let v = self.commit(&uuid, Some(def), None)?;
+        self.lifecycle(&uuid, crate::events::lifecycle::DEFINED, 2);
+        tracing::info!(from = %old_name, to = %v.name, "renamed domain");
+        Ok(v)
+    }
+}
+
+/// Sets, replaces or removes (value `None`) the custom element of namespace
+/// `uri` inside `<metadata>`, keeping the other elements.
+fn set_element(
+    metadata: Option<String>,
+    uri: &str,
+    key: Option<&str>,
+    value: Option<&str>,
+) -> Result<Option<String>> {
+    if uri.is_empty() {
+        return Err(Error::InvalidArg("argument unsupported: uri must not be empty".into()));
+    }
+    let inner = metadata
+        .as_deref()
+        .and_then(|m| m.strip_prefix("<metadata>"))
+        .and_then(|m| m.strip_suffix("</metadata>"))
+        .unwrap_or("")
+        .to_string();
+    let mut kept = crate::domain::tuning::metadata_elements(&inner)
+        .into_iter()
+        .filter(|(ns, _)| ns != uri)
+        .map(|(_, text)| text)
+        .collect::<Vec<_>>();
+    if let Some(v) = value {
+        let Some(key) = key else {
+            return Err(Error::InvalidArg("argument key must not be NULL".into()));
+        };
+        let element = crate::domain::tuning::namespaced_element(v, key, uri)?;
+        kept.push(element);
+    }
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!("<metadata>{}</metadata>", kept.concat())))
+}
+
+#[derive(Serialize)]
+struct MetadataChangeMsg {
+    dom: NonnullDomain,
+    type_: i32,
+    nsuri: OptString,
+}
+
+/// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
+const EVENT_METADATA_CHANGE: i32 = 23;
+
+fn metadata_event(dom: &NonnullDomain, kind: i32, nsuri: Option<String>) -> Result<Event> {
+    Event::new(
+        Family::Domain,
+        ObjectKey::Uuid(Uuid::from_bytes(dom.uuid.0)),
+        EVENT_METADATA_CHANGE,
+        qemud_protocol::remote::procs::DOMAIN_EVENT_CALLBACK_METADATA_CHANGE,
+        &MetadataChangeMsg {
+            dom: dom.clone(),
+            type_: kind,
+            nsuri: nsuri.map(Into::into),
+        },
+    )
+}
+
+impl Handler<TuneOp> for Registry {
+    type Result = ResponseActFuture<Self, Result<Arc<DomainView>>>;
+
+    fn handle(&mut self, op: TuneOp, _: &mut Self::Context) -> Self::Result {
+        let ready = |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
+        match op {
+            TuneOp::SetMemory { uuid, kib, flags } => self.set_memory(uuid, kib, flags),
+            TuneOp::SetVcpus { uuid, count, flags } => ready(self.set_vcpus(uuid, count, flags)),
+            TuneOp::SetMetadata {
+                uuid,
+                kind,
+                value,
+                key,
+                uri,
+                flags,
+            } => ready(self.set_metadata(uuid, kind, value, key, uri, flags)),
+            TuneOp::Rename { uuid, new_name } => ready(self.rename(uuid, new_name)),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Table rows for tuning a domain: memory size, vCPU count, metadata
+//! (title, description, custom elements), renaming and the scheduler's
+//! view. Changes go through the registry ([`TuneOp`]); reads come from the
+//! index or from the kernel's view of QEMU's process.
+
+use roxmltree::{Document, Node, NodeType};
+
+use qemud_config::domain::{esc, esc_attr, DomainDef};
+use qemud_protocol::remote::procs::*;
+use qemud_protocol::remote::*;
+use qemud_protocol::typed_params::{self, ParamList};
+use qemud_protocol::xdr::{XdrString, XdrVec};
+
+use crate::call;
+use crate::domain::procedures::resolve;
+use crate::domain::registry::tune::{metadata_kind, TuneOp, AFFECT_CONFIG, AFFECT_LIVE, MAXIMUM};
+use crate::error::{Error, Result};
+use crate::rpc::wire::check_flags;
+use crate::rpc::{Call, Procedure};
+
+pub fn procedures() -> Vec<Procedure> {
+    vec![
+        call!(DOMAIN_SET_MEMORY, Write, set_memory),
+        call!(DOMAIN_SET_MEMORY_FLAGS, Write, set_memory_flags),
+        call!(DOMAIN_SET_MAX_MEMORY, Write, set_max_memory),
+        call!(DOMAIN_SET_VCPUS, Write, set_vcpus),
+        call!(DOMAIN_SET_VCPUS_FLAGS, Write, set_vcpus_flags),
+        call!(DOMAIN_SET_METADATA, Write, set_metadata),
+        call!(DOMAIN_GET_METADATA, Read, get_metadata),
+        call!(DOMAIN_RENAME, Write, rename),
+        call!(DOMAIN_GET_SCHEDULER_TYPE, Read, get_scheduler_type),
+        call!(DOMAIN_GET_SCHEDULER_PARAMETERS, Read, get_scheduler_parameters),
+        call!(
+            DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS,
+            Read,
+            get_scheduler_parameters_flags
+        ),
+    ]
+}
+
+async fn tune(call: &Call, op: TuneOp) -> Result<()> {
+    call.svc.registry.send(op).await?.map(drop)
+}
+
+fn uuid(call: &Call, dom: &NonnullDomain) -> Result<uuid::Uuid> {
+    Ok(resolve(call, dom)?.uuid)
+}
+
+// Memory.
+
+async fn set_memory(call: &Call, a: DomainSetMemoryArgs) -> Result<()> {
+    let uuid = uuid(call, &a.dom)?;
+    tune(call, TuneOp::SetMemory { uuid, kib: a.memory, flags: AFFECT_LIVE }).await
+}
+
+async fn set_memory_flags(call: &Call, a: DomainSetMemoryFlagsArgs) -> Result<()> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG | MAXIMUM,
+        "qemuDomainSetMemoryFlags",
+    )?;
+    let uuid = uuid(call, &a.dom)?;
+    tune(call, TuneOp::SetMemory { uuid, kib: a.memory, flags: a.flags }).await
+}
+
+async fn set_max_memory(call: &Call, a: DomainSetMaxMemoryArgs) -> Result<()> {
+    let uuid = uuid(call, &a.dom)?;
+    tune(call, TuneOp::SetMemory { uuid, kib: a.memory, flags: MAXIMUM }).await
+}
+
+// vCPUs.
+
+async fn set_vcpus(call: &Call, a: DomainSetVcpusArgs) -> Result<()> {
+    let uuid = uuid(call, &a.dom)?;
+    tune(call, TuneOp::SetVcpus { uuid, count: a.nvcpus, flags: AFFECT_LIVE }).await
+}
+
+async fn set_vcpus_flags(call: &Call, a: DomainSetVcpusFlagsArgs) -> Result<()> {
+    // VIR_DOMAIN_VCPU_GUEST (8) needs the guest agent; HOTPLUGGABLE (16)
+    // only matters for live changes.
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG | MAXIMUM | 16,
+        "qemuDomainSetVcpusFlags",
+    )?;
+    let uuid = uuid(call, &a.dom)?;
+    tune(call, TuneOp::SetVcpus { uuid, count: a.nvcpus, flags: a.flags }).await
+}
+
+// Metadata.
+
+async fn set_metadata(call: &Call, a: DomainSetMetadataArgs) -> Result<()> {
+    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "virDomainSetMetadata")?;
+    let uuid = uuid(call, &a.dom)?;
+    let op = TuneOp::SetMetadata {
+        uuid,
+        kind: a.type_,
+        value: a.metadata.map(|s| s.0),
+        key: a.key.map(|s| s.0),
+        uri: a.uri.map(|s| s.0),
+        flags: a.flags,
+    };
+    tune(call, op).await
+}
+
+async fn get_metadata(call: &Call, a: DomainGetMetadataArgs) -> Result<DomainGetMetadataRet> {
+    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "virDomainGetMetadata")?;
+    let v = resolve(call, &a.dom)?;
+    if a.flags & AFFECT_LIVE != 0 && a.flags & AFFECT_CONFIG != 0 {
+        return Err(Error::InvalidArg(
+            "flags 'affect live' and 'affect config' are mutually exclusive".into(),
+        ));
+    }
+    if a.flags & AFFECT_LIVE != 0 && !v.is_active() {
+        return Err(Error::OperationInvalid("domain is not running".into()));
+    }
+    let xml = match (&v.inactive_xml, a.flags & AFFECT_CONFIG != 0) {
+        (Some(inactive), true) => inactive.clone(),
+        _ => v.xml.clone(),
+    };
+    let def = DomainDef::parse(&xml).map_err(|e| Error::Internal(e.to_string()))?;
+    let found = match a.type_ {
+        metadata_kind::DESCRIPTION => def.description,
+        metadata_kind::TITLE => def.title,
+        metadata_kind::ELEMENT => {
+            let uri = a.uri.map(|u| u.0).unwrap_or_default();
+            def.metadata
+                .as_deref()
+                .and_then(|m| extract_element(m, &uri))
+        }
+        other => {
+            return Err(Error::InvalidArg(format!("unknown metadata type '{other}'")));
+        }
+    };
+    match found {
+        Some(text) => Ok(DomainGetMetadataRet {
+            metadata: XdrString(text),
+        }),
+        None => Err(Error::Other {
+            code: qemud_protocol::ErrorCode::NoDomainMetadata,
+            domain: qemud_protocol::ErrorDomain::Domain,
+            message: "metadata not found: Requested metadata element is not present".into(),
+        }),
+    }
+}
+
+async fn rename(call: &Call, a: DomainRenameArgs) -> Result<DomainRenameRet> {
+    check_flags(a.flags, 0, "qemuDomainRename")?;
+    let uuid = uuid(call, &a.dom)?;
+    let Some(new_name) = a.new_name.map(|s| s.0) else {
+        return Err(Error::InvalidArg("new_name in virDomainRename must not be NULL".into()));
+    };
+    tune(call, TuneOp::Rename { uuid, new_name }).await?;
+    Ok(DomainRenameRet { retcode: 0 })
+}
+
+// Scheduler: what the kernel applies to QEMU's cgroup.
+
+/// The cgroup v2 directory QEMU runs in, when its CPU controller is there.
+fn cpu_cgroup(pid: i32) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    dir.join("cpu.weight").exists().then_some(dir)
+}
+
+fn cpu_controller_missing() -> Error {
+    Error::OperationInvalid("cgroup CPU controller is not mounted".into())
+}
+
+async fn get_scheduler_type(
+    call: &Call,
+    a: DomainGetSchedulerTypeArgs,
+) -> Result<DomainGetSchedulerTypeRet> {
+    let v = resolve(call, &a.dom)?;
+    let nparams = match v.pid {
+        Some(pid) => {
+            let dir = cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?;
+            if dir.join("cpu.max").exists() {
+                3
+            } else {
+                1
+            }
+        }
+        None => 1,
+    };
+    Ok(DomainGetSchedulerTypeRet {
+        type_: "posix".into(),
+        nparams,
+    })
+}
+
+/// `cpu_shares`, plus the whole-domain bandwidth where cgroup has it.
+fn scheduler_params(call: &Call, dom: &NonnullDomain, flags: u32) -> Result<Vec<TypedParam>> {
+    let v = resolve(call, dom)?;
+    let live = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
+        0 => v.is_active(),
+        f => f & AFFECT_LIVE != 0,
+    };
+    let mut l = ParamList::new();
+    if !live {
+        l.ullong("cpu_shares", 0);
+        return Ok(l.0);
+    }
+    let Some(pid) = v.pid else {
+        return Err(Error::OperationInvalid("domain is not running".into()));
+    };
+    let dir = cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?;
+    let weight = std::fs::read_to_string(dir.join("cpu.weight"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    l.ullong("cpu_shares", weight);
+    if let Ok(max) = std::fs::read_to_string(dir.join("cpu.max")) {
+        let mut it = max.split_whitespace();
+        let quota = match it.next() {
+            Some("max") | None => -1,
+            Some(q) => q.parse::<i64>().unwrap_or(-1),
+        };
+        let period = it.next().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+        l.ullong("global_period", period);
+        l.llong("global_quota", quota);
+    }
+    Ok(l.0)
+}
+
+async fn get_scheduler_parameters(
+    call: &Call,
+    a: DomainGetSchedulerParametersArgs,
+) -> Result<DomainGetSchedulerParametersRet> {
+    let mut params = scheduler_params(call, &a.dom, 0)?;
+    params.truncate(a.nparams.max(0) as usize);
+    Ok(DomainGetSchedulerParametersRet {
+        params: XdrVec(params),
+    })
+}
+
+async fn get_scheduler_parameters_flags(
+    call: &Call,
+    a: DomainGetSchedulerParametersFlagsArgs,
+) -> Result<DomainGetSchedulerParametersFlagsRet> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG | typed_params::STRING_OKAY,
+        "qemuDomainGetSchedulerParametersFlags",
+    )?;
+    let mut params = scheduler_params(call, &a.dom, a.flags)?;
+    params.truncate(a.nparams.max(0) as usize);
+    Ok(DomainGetSchedulerParametersFlagsRet {
+        params: XdrVec(params),
+    })
+}
+
+// Custom metadata elements. libvirt stores a client's element with every
+// element of it in the client's namespace under the client's prefix, and
+// hands it back without prefix or namespace declaration.
+
+/// The children of a `<metadata>` body as (namespace, text) pairs.
+pub fn metadata_elements(inner: &str) -> Vec<(String, String)> {
+    let wrapped = format!("<metadata>{inner}</metadata>");
+    let Ok(doc) = Document::parse(&wrapped) else {
+        return Vec::new();
+    };
+    doc.root_element()
+        .children()
+        .filter(Node::is_element)
+        .map(|n| {
+            let ns = n.tag_name().namespace().unwrap_or("").to_string();
+            (ns, wrapped[n.range()].to_string())
+        })
+        .collect()
+}
+
+/// The client's `xml` with every element put in namespace `uri` with
+/// prefix `key`.
+pub fn namespaced_element(xml: &str, key: &str, uri: &str) -> Result<String> {
+    let valid_prefix = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid_prefix {
+        return Err(Error::Internal(
+            "failed to validate prefix for a new XML namespace".into(),
+        ));
+    }
+    let doc = Document::parse(xml).map_err(|e| {
+        Error::Xml(format!("(metadata_xml):1: {e}"))
+    })?;
+    let mut out = String::new();
+    write_element(doc.root_element(), &mut out, &|_| Some(key.to_string()), Some((key, uri)));
+    Ok(out)
+}
+
+/// The element of namespace `uri` in a stored `<metadata>`, without the
+/// namespace.
+pub fn extract_element(metadata: &str, uri: &str) -> Option<String> {
+    let doc = Document::parse(metadata).ok()?;
+    let node = doc
+        .root_element()
+        .children()
+        .find(|n| n.is_element() && n.tag_name().namespace() == Some(uri))?;
+    let mut out = String::new();
+    write_element(
+        node,
+        &mut out,
+        &|n: &Node| {
+            if n.tag_name().namespace() == Some(uri) {
+                None
+            } else {
+                n.lookup_prefix(n.tag_name().namespace().unwrap_or(""))
+                    .map(str::to_string)
+            }
+        },
+        None,
+    );
+    Some(out)
+}
+
+fn write_element(
+    node: Node,
+    out: &mut String,
+    prefix: &dyn Fn(&Node) -> Option<String>,
+    declare: Option<(&str, &str)>,
+) {
+    let name = match prefix(&node) {
+        Some(p) if !p.is_empty() => format!("{p}:{}", node.tag_name().name()),
+        _ => node.tag_name().name().to_string(),
+    };
+    out.push('<');
+    out.push_str(&name);
+    if let Some((key, uri)) = declare {
+        out.push_str(&format!(" xmlns:{key}=\"{}\"", esc_attr(uri)));
+    }
+    for a in node.attributes() {
+        out.push_str(&format!(" {}=\"{}\"", a.name(), esc_attr(a.value())));
+    }
+    let children: Vec<Node> = node
+        .children()
+        .filter(|c| matches!(c.node_type(), NodeType::Element | NodeType::Text))
+        .collect();
+    if children.is_empty() {
+        out.push_str("/>");
+        return;
+    }
+    out.push('>');
+    for c in children {
+        if c.is_element() {
+            write_element(c, out, prefix, None);
+        } else if let Some(t) = c.text() {
+            out.push_str(&esc(t));
+        }
+    }
+    out.push_str(&format!("</{name}>"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_element_round_trip() {
+        let stored = namespaced_element("<app><v n='1'>x &amp; y</v></app>", "k", "urn:a").unwrap();
+        assert_eq!(
+            stored,
+            "<k:app xmlns:k=\"urn:a\"><k:v n=\"1\">x &amp; y</k:v></k:app>"
+        );
+        let metadata = format!("<metadata>{stored}<o xmlns=\"urn:o\"/></metadata>");
+        assert_eq!(
+            extract_element(&metadata, "urn:a").unwrap(),
+            "<app><v n=\"1\">x &amp; y</v></app>"
+        );
+        assert!(extract_element(&metadata, "urn:none").is_none());
+        let inner = metadata
+            .strip_prefix("<metadata>")
+            .and_then(|m| m.strip_suffix("</metadata>"))
+            .unwrap();
+        let els = metadata_elements(inner);
+        assert_eq!(els.len(), 2);
+        assert_eq!(els[1].0, "urn:o");
+        assert!(namespaced_element("<a/>", "1bad", "urn:a").is_err());
+        assert!(namespaced_element("<a>", "k", "urn:a").is_err());
+    }
+}
