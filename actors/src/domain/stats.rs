@@ -94,6 +94,8 @@ struct Probe {
     blockstats: Option<Value>,
     block: Option<Value>,
     dirty_rate: Option<Value>,
+    /// query-stats of the vCPUs' halt polling (KVM; empty under TCG).
+    halt_poll: Option<Value>,
 }
 
 /// vCPU thread ids by domain, remembered from the last answer of
@@ -112,7 +114,7 @@ async fn qmp(h: &LiveHandle, command: &'static str, arguments: Option<Value>, de
 async fn probe(h: &LiveHandle, groups: u32, deadline: Duration) -> Probe {
     let balloon_dev = h.def.devices.memballoon == "virtio";
     let want = |g: u32| groups & g != 0;
-    let (balloon, guest_stats, blockstats, block, cpus, dirty_rate) = futures::join!(
+    let (balloon, guest_stats, blockstats, block, cpus, dirty_rate, halt_poll) = futures::join!(
         async {
             if want(group::BALLOON) && balloon_dev {
                 qmp(h, "query-balloon", None, deadline).await
@@ -156,6 +158,16 @@ async fn probe(h: &LiveHandle, groups: u32, deadline: Duration) -> Probe {
                 None
             }
         },
+        async {
+            if want(group::CPU_TOTAL) {
+                let args = json!({"target": "vcpu", "providers": [
+                    {"provider": "kvm", "names": ["halt_poll_success_ns", "halt_poll_fail_ns"]}
+                ]});
+                qmp(h, "query-stats", Some(args), deadline).await
+            } else {
+                None
+            }
+        },
     );
     if let Some(list) = cpus.as_ref().and_then(Value::as_array) {
         let threads = list
@@ -177,6 +189,7 @@ async fn probe(h: &LiveHandle, groups: u32, deadline: Duration) -> Probe {
         blockstats,
         block,
         dirty_rate,
+        halt_poll,
     }
 }
 
@@ -279,7 +292,8 @@ fn memory_records(h: &LiveHandle, p: &Probe) -> Vec<(i32, u64)> {
         if let Some(stats) = gs.get("stats") {
             for (tag, _, qemu_name) in MEM_TAGS {
                 // -1: the guest does not report it.
-                if let Some(v) = stats.get(*qemu_name).and_then(Value::as_u64) {
+                let value = stats.get(*qemu_name).and_then(Value::as_u64);
+                if let Some(v) = value.filter(|v| *v != u64::MAX) {
                     let v = if matches!(*tag, 0..=3 | 11 | 12) { v } else { v / 1024 };
                     out.push((*tag, v));
                 }
@@ -349,6 +363,12 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
                     .ullong("cpu.user", user)
                     .ullong("cpu.system", sys);
             }
+            // No cache monitors (resctrl) are ever defined.
+            l.uint("cpu.cache.monitor.count", 0);
+            if let Some((success, fail)) = live.and_then(|(_, p)| halt_poll(p)) {
+                l.ullong("cpu.haltpoll.success.time", success)
+                    .ullong("cpu.haltpoll.fail.time", fail);
+            }
         }
     }
     if groups & group::BALLOON != 0 {
@@ -381,10 +401,6 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
                     .ullong(format!("vcpu.{i}.wait"), 0)
                     .ullong(format!("vcpu.{i}.delay"), thread_delay(h.pid, tid));
             }
-        } else {
-            for i in 0..current {
-                l.int(format!("vcpu.{i}.state"), 0);
-            }
         }
     }
     if groups & group::INTERFACE != 0 && live.is_some() {
@@ -399,6 +415,11 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
             let local = disk.source_type == "file" || disk.source_type == "block";
             if let Some(src) = disk.source.as_ref().filter(|_| local) {
                 l.string(format!("block.{i}.path"), src.clone());
+            }
+            // The index libvirt gives each disk's top image; qemud disks
+            // have no backing chains, so one image per disk.
+            if disk.source.is_some() && live.is_some() {
+                l.uint(format!("block.{i}.backingIndex"), i as u32 + 1);
             }
             match live {
                 Some((_, p)) => {
@@ -432,8 +453,10 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
                     // Offline, a raw file's sizes come from the file itself.
                     if disk.format == "raw" {
                         if let Some((size, alloc)) = disk.source.as_deref().and_then(file_sizes) {
-                            l.ullong(format!("block.{i}.allocation"), alloc)
-                                .ullong(format!("block.{i}.capacity"), size)
+                            if alloc > 0 {
+                                l.ullong(format!("block.{i}.allocation"), alloc);
+                            }
+                            l.ullong(format!("block.{i}.capacity"), size)
                                 .ullong(format!("block.{i}.physical"), size);
                         }
                     }
@@ -469,6 +492,24 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
         }
     }
     l
+}
+
+/// Sum of the vCPUs' halt-polling nanoseconds (success, fail).
+fn halt_poll(p: &Probe) -> Option<(u64, u64)> {
+    let list = p.halt_poll.as_ref()?.as_array()?;
+    let mut sum = (0, 0);
+    for target in list {
+        for provider in target.get("stats")?.as_array()? {
+            let name = provider.get("name").and_then(Value::as_str);
+            let v = provider.get("value").and_then(Value::as_u64).unwrap_or(0);
+            match name {
+                Some("halt_poll_success_ns") => sum.0 += v,
+                Some("halt_poll_fail_ns") => sum.1 += v,
+                _ => {}
+            }
+        }
+    }
+    Some(sum)
 }
 
 /// One collected record.

@@ -156,70 +156,86 @@ async fn rename(call: &Call, a: DomainRenameArgs) -> Result<DomainRenameRet> {
 
 // Scheduler: what the kernel applies to QEMU's cgroup.
 
-/// The cgroup v2 directory QEMU runs in, when its CPU controller is there.
-fn cpu_cgroup(pid: i32) -> Option<std::path::PathBuf> {
+/// The CPU controller settings of the cgroup QEMU runs in: (shares or
+/// weight, period, quota), from cgroup v2 or else the v1 `cpu` hierarchy.
+fn cpu_cgroup(pid: i32) -> Option<(u64, u64, i64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = std::path::Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
-    dir.join("cpu.weight").exists().then_some(dir)
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = rel.trim_start_matches('/');
+        if controllers.is_empty() {
+            for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                let dir = std::path::Path::new(root).join(rel);
+                let Some(weight) = read(dir.join("cpu.weight")) else { continue };
+                let max = read(dir.join("cpu.max")).unwrap_or_default();
+                let mut it = max.split_whitespace();
+                let quota = match it.next() {
+                    Some("max") | None => -1,
+                    Some(q) => q.parse().unwrap_or(-1),
+                };
+                let period = it.next().and_then(|p| p.parse().ok()).unwrap_or(100_000);
+                return Some((weight.trim().parse().ok()?, period, quota));
+            }
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            let dir = std::path::Path::new("/sys/fs/cgroup/cpu").join(rel);
+            let shares = read(dir.join("cpu.shares"))?.trim().parse().ok()?;
+            let period = read(dir.join("cpu.cfs_period_us"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(100_000);
+            let quota = read(dir.join("cpu.cfs_quota_us"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(-1);
+            return Some((shares, period, quota));
+        }
+    }
+    None
 }
 
 fn cpu_controller_missing() -> Error {
     Error::OperationInvalid("cgroup CPU controller is not mounted".into())
 }
 
+/// The scheduler parameters libvirt lists for a QEMU domain.
+const SCHED_PARAMS: usize = 9;
+
 async fn get_scheduler_type(
     call: &Call,
     a: DomainGetSchedulerTypeArgs,
 ) -> Result<DomainGetSchedulerTypeRet> {
     let v = resolve(call, &a.dom)?;
-    let nparams = match v.pid {
-        Some(pid) => {
-            let dir = cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?;
-            if dir.join("cpu.max").exists() {
-                3
-            } else {
-                1
-            }
-        }
-        None => 1,
-    };
+    if let Some(pid) = v.pid {
+        cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?;
+    }
     Ok(DomainGetSchedulerTypeRet {
         type_: "posix".into(),
-        nparams,
+        nparams: SCHED_PARAMS as i32,
     })
 }
 
-/// `cpu_shares`, plus the whole-domain bandwidth where cgroup has it.
+/// `cpu_shares` and the bandwidth of vCPUs, emulator, whole domain and
+/// I/O threads. All of QEMU's threads share one cgroup here, so the
+/// bandwidth is the same for each kind.
 fn scheduler_params(call: &Call, dom: &NonnullDomain, flags: u32) -> Result<Vec<TypedParam>> {
     let v = resolve(call, dom)?;
     let live = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
         0 => v.is_active(),
         f => f & AFFECT_LIVE != 0,
     };
-    let mut l = ParamList::new();
-    if !live {
-        l.ullong("cpu_shares", 0);
-        return Ok(l.0);
-    }
-    let Some(pid) = v.pid else {
-        return Err(Error::OperationInvalid("domain is not running".into()));
-    };
-    let dir = cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?;
-    let weight = std::fs::read_to_string(dir.join("cpu.weight"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    l.ullong("cpu_shares", weight);
-    if let Ok(max) = std::fs::read_to_string(dir.join("cpu.max")) {
-        let mut it = max.split_whitespace();
-        let quota = match it.next() {
-            Some("max") | None => -1,
-            Some(q) => q.parse::<i64>().unwrap_or(-1),
+    let (shares, period, quota) = if live {
+        let Some(pid) = v.pid else {
+            return Err(Error::OperationInvalid("domain is not running".into()));
         };
-        let period = it.next().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
-        l.ullong("global_period", period);
-        l.llong("global_quota", quota);
+        cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?
+    } else {
+        (0, 0, 0)
+    };
+    let mut l = ParamList::new();
+    l.ullong("cpu_shares", shares);
+    for kind in ["vcpu", "emulator", "global", "iothread"] {
+        l.ullong(format!("{kind}_period"), period);
+        l.llong(format!("{kind}_quota"), quota);
     }
     Ok(l.0)
 }
@@ -290,7 +306,13 @@ pub fn namespaced_element(xml: &str, key: &str, uri: &str) -> Result<String> {
         Error::Xml(format!("(metadata_xml):1: {e}"))
     })?;
     let mut out = String::new();
-    write_element(doc.root_element(), &mut out, &|_| Some(key.to_string()), Some((key, uri)));
+    write_element(
+        doc.root_element(),
+        &mut out,
+        &|_| Some(key.to_string()),
+        Some((key, uri)),
+        None,
+    );
     Ok(out)
 }
 
@@ -315,15 +337,19 @@ pub fn extract_element(metadata: &str, uri: &str) -> Option<String> {
             }
         },
         None,
+        Some(0),
     );
     Some(out)
 }
 
+/// Writes an element; with `indent`, element-only content goes on lines
+/// of its own, two spaces per level, as libxml formats it.
 fn write_element(
     node: Node,
     out: &mut String,
     prefix: &dyn Fn(&Node) -> Option<String>,
     declare: Option<(&str, &str)>,
+    indent: Option<usize>,
 ) {
     let name = match prefix(&node) {
         Some(p) if !p.is_empty() => format!("{p}:{}", node.tag_name().name()),
@@ -337,10 +363,17 @@ fn write_element(
     for a in node.attributes() {
         out.push_str(&format!(" {}=\"{}\"", a.name(), esc_attr(a.value())));
     }
-    let children: Vec<Node> = node
+    let mut children: Vec<Node> = node
         .children()
         .filter(|c| matches!(c.node_type(), NodeType::Element | NodeType::Text))
         .collect();
+    let elements_only = children
+        .iter()
+        .all(|c| c.is_element() || c.text().is_some_and(|t| t.trim().is_empty()));
+    let pretty = indent.filter(|_| elements_only);
+    if pretty.is_some() {
+        children.retain(|c| c.is_element());
+    }
     if children.is_empty() {
         out.push_str("/>");
         return;
@@ -348,10 +381,18 @@ fn write_element(
     out.push('>');
     for c in children {
         if c.is_element() {
-            write_element(c, out, prefix, None);
+            if let Some(level) = pretty {
+                out.push('\n');
+                out.push_str(&"  ".repeat(level + 1));
+            }
+            write_element(c, out, prefix, None, pretty.map(|l| l + 1));
         } else if let Some(t) = c.text() {
             out.push_str(&esc(t));
         }
+    }
+    if let Some(level) = pretty {
+        out.push('\n');
+        out.push_str(&"  ".repeat(level));
     }
     out.push_str(&format!("</{name}>"));
 }
@@ -370,7 +411,7 @@ mod tests {
         let metadata = format!("<metadata>{stored}<o xmlns=\"urn:o\"/></metadata>");
         assert_eq!(
             extract_element(&metadata, "urn:a").unwrap(),
-            "<app><v n=\"1\">x &amp; y</v></app>"
+            "<app>\n  <v n=\"1\">x &amp; y</v>\n</app>"
         );
         assert!(extract_element(&metadata, "urn:none").is_none());
         let inner = metadata
