@@ -4,6 +4,7 @@
 //! definition into QEMU's arguments; [`store`] persists definitions and
 //! live records. [`procedures`] holds the table rows.
 
+pub mod cgroup;
 pub mod cmdline;
 pub mod index;
 pub mod procedures;

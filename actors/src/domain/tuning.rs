@@ -8,7 +8,7 @@ use roxmltree::{Document, Node, NodeType};
 use qemud_config::domain::{esc, esc_attr, DomainDef};
 use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::*;
-use qemud_protocol::typed_params::{self, ParamList};
+use qemud_protocol::typed_params::{self, Accepted, ParamList, ParamLookup, ParamType};
 use qemud_protocol::xdr::{XdrString, XdrVec};
 
 use crate::call;
@@ -34,6 +34,12 @@ pub fn procedures() -> Vec<Procedure> {
             DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS,
             Read,
             get_scheduler_parameters_flags
+        ),
+        call!(DOMAIN_SET_SCHEDULER_PARAMETERS, Write, set_scheduler_parameters),
+        call!(
+            DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS,
+            Write,
+            set_scheduler_parameters_flags
         ),
     ]
 }
@@ -265,6 +271,105 @@ async fn get_scheduler_parameters_flags(
     Ok(DomainGetSchedulerParametersFlagsRet {
         params: XdrVec(params),
     })
+}
+
+/// The parameters `virDomainSetSchedulerParameters` accepts for QEMU.
+const SCHED_ACCEPTED: &[Accepted] = &[
+    Accepted::one("cpu_shares", ParamType::ULLong),
+    Accepted::one("vcpu_period", ParamType::ULLong),
+    Accepted::one("vcpu_quota", ParamType::LLong),
+    Accepted::one("emulator_period", ParamType::ULLong),
+    Accepted::one("emulator_quota", ParamType::LLong),
+    Accepted::one("global_period", ParamType::ULLong),
+    Accepted::one("global_quota", ParamType::LLong),
+    Accepted::one("iothread_period", ParamType::ULLong),
+    Accepted::one("iothread_quota", ParamType::LLong),
+];
+
+const PERIOD_RANGE: (i64, i64) = (1000, 1_000_000);
+const QUOTA_RANGE: (i64, i64) = (1000, 17_592_186_044_415);
+
+async fn set_scheduler_parameters(call: &Call, a: DomainSetSchedulerParametersArgs) -> Result<()> {
+    set_scheduler(call, &a.dom, &a.params.0, 0).await
+}
+
+async fn set_scheduler_parameters_flags(
+    call: &Call,
+    a: DomainSetSchedulerParametersFlagsArgs,
+) -> Result<()> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainSetSchedulerParametersFlags",
+    )?;
+    set_scheduler(call, &a.dom, &a.params.0, a.flags).await
+}
+
+/// Validates every parameter first, so a bad list changes nothing, then
+/// writes them to the domain's own CPU cgroup.
+async fn set_scheduler(call: &Call, dom: &NonnullDomain, params: &[TypedParam], flags: u32) -> Result<()> {
+    typed_params::check_received(params, DOMAIN_SCHEDULER_PARAMETERS_MAX).map_err(param_error)?;
+    typed_params::validate(params, SCHED_ACCEPTED).map_err(param_error)?;
+    let v = resolve(call, dom)?;
+    let live = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
+        0 => v.is_active(),
+        f => {
+            if f & AFFECT_LIVE != 0 && !v.is_active() {
+                return Err(Error::OperationInvalid("domain is not running".into()));
+            }
+            f == AFFECT_LIVE
+        }
+    };
+    if !live {
+        return Err(Error::ConfigUnsupported(
+            "CPU tuning in the persistent definition is not supported".into(),
+        ));
+    }
+    let mut shares = None;
+    let mut period = None;
+    let mut quota = None;
+    for p in params {
+        let name = p.field.0.as_str();
+        let value = params.get_i64(name).unwrap_or(0);
+        let check = |(lo, hi): (i64, i64)| -> Result<()> {
+            if value < lo || value > hi {
+                return Err(Error::InvalidArg(format!(
+                    "value of '{name}' is out of range [{lo}, {hi}]"
+                )));
+            }
+            Ok(())
+        };
+        match name {
+            "cpu_shares" => shares = params.get_u64(name),
+            "global_period" => {
+                check(PERIOD_RANGE)?;
+                period = Some(value);
+            }
+            "global_quota" => {
+                let value = if value < 0 { -1 } else { value };
+                if value != -1 {
+                    check(QUOTA_RANGE)?;
+                }
+                quota = Some(value);
+            }
+            other => {
+                // One cgroup holds all of QEMU's threads: per-thread
+                // bandwidth would need one per thread.
+                return Err(Error::ConfigUnsupported(format!(
+                    "per-thread CPU bandwidth ('{other}') is not supported"
+                )));
+            }
+        }
+    }
+    let Some(pid) = v.pid else {
+        return Err(Error::OperationInvalid("domain is not running".into()));
+    };
+    let group = crate::domain::cgroup::domain_cpu_group(pid, &v.uuid)?;
+    group.apply(shares, period, quota)
+}
+
+fn param_error(e: typed_params::ParamError) -> Error {
+    crate::domain::stats::param_error(e)
 }
 
 // Custom metadata elements. libvirt stores a client's element with every
