@@ -110,6 +110,12 @@ pub struct Settings {
     pub qemu_binary: Option<String>,
     /// Deadline of every QMP command, in milliseconds.
     pub qmp_timeout_ms: u64,
+    /// `host:port` of the Prometheus/OpenMetrics endpoint (`GET /metrics`);
+    /// None (the default) serves none.
+    pub metrics_addr: Option<String>,
+    /// How long statistics wait for one domain's monitor, in milliseconds;
+    /// a domain that does not answer in time gets a partial record.
+    pub stats_timeout_ms: u64,
 }
 
 fn session_dirs() -> (PathBuf, PathBuf) {
@@ -160,6 +166,8 @@ impl Settings {
             max_message_bytes: 16 * 1024 * 1024,
             qemu_binary: None,
             qmp_timeout_ms: 10_000,
+            metrics_addr: None,
+            stats_timeout_ms: 1500,
         }
     }
 

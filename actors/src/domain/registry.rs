@@ -630,6 +630,7 @@ impl Registry {
                 // VIR_DOMAIN_EVENT_CRASHED / PANICKED.
                 self.lifecycle(&uuid, 8, 0);
             }
+            "BALLOON_CHANGE" => self.balloon_changed(&uuid, data),
             _ => {}
         }
     }

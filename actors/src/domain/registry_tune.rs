@@ -190,10 +190,10 @@ impl Registry {
             d.current_memory_kib = kib;
             d
         });
-        let Some(mut live) = live else {
+        let Some(live_def) = live.as_ref() else {
             return ready(self.commit(&uuid, config, None));
         };
-        if live.devices.memballoon != "virtio" {
+        if live_def.devices.memballoon != "virtio" {
             return ready(Err(Error::OperationInvalid(
                 "Unable to change memory of active domain without the balloon device and guest OS balloon driver".into(),
             )));
@@ -206,11 +206,37 @@ impl Registry {
             command: "balloon",
             arguments: Some(serde_json::json!({ "value": kib * 1024 })),
         };
+        // The live size follows the guest: BALLOON_CHANGE reports it.
         Box::pin(vm.send(cmd).into_actor(self).map(move |res, act, _| {
             res.map_err(|_| Error::OperationInvalid("domain is not running".into()))??;
-            live.current_memory_kib = kib;
-            act.commit(&uuid, config, Some(live))
+            act.commit(&uuid, config, None)
         }))
+    }
+
+    /// QEMU's BALLOON_CHANGE: the guest gave back or took memory.
+    pub(super) fn balloon_changed(&mut self, uuid: &Uuid, data: &serde_json::Value) {
+        let Some(actual) = data.get("actual").and_then(serde_json::Value::as_u64) else {
+            return;
+        };
+        let kib = actual / 1024;
+        let Some(l) = self.domains.get_mut(uuid).and_then(|e| e.live.as_mut()) else {
+            return;
+        };
+        l.def.current_memory_kib = kib;
+        self.save_live(uuid);
+        self.publish(uuid);
+        self.emit(uuid, |d| {
+            Event::new(
+                Family::Domain,
+                ObjectKey::Uuid(*uuid),
+                EVENT_BALLOON_CHANGE,
+                qemud_protocol::remote::procs::DOMAIN_EVENT_CALLBACK_BALLOON_CHANGE,
+                &BalloonChangeMsg {
+                    dom: d.clone(),
+                    actual: kib,
+                },
+            )
+        });
     }
 
     fn set_vcpus(&mut self, uuid: Uuid, count: u32, flags: u32) -> Result<Arc<DomainView>> {
@@ -363,6 +389,15 @@ struct MetadataChangeMsg {
     type_: i32,
     nsuri: OptString,
 }
+
+#[derive(Serialize)]
+struct BalloonChangeMsg {
+    dom: NonnullDomain,
+    actual: u64,
+}
+
+/// `VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE`.
+const EVENT_BALLOON_CHANGE: i32 = 13;
 
 /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
 const EVENT_METADATA_CHANGE: i32 = 23;

@@ -82,8 +82,14 @@ const STATS_BACKING: u32 = 1 << 30;
 const STATS_ENFORCE: u32 = 1 << 31;
 const LIST_FILTERS: u32 = 0xff;
 
-/// How long one domain's monitor gets to answer a stats query.
-pub const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
+/// How long one domain's monitor gets to answer a query for a single
+/// domain's statistics.
+const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// The configured deadline of one domain's monitor in collections.
+pub fn collect_deadline(svc: &Services) -> Duration {
+    Duration::from_millis(svc.settings.stats_timeout_ms.max(1))
+}
 
 /// What the monitor answered for one domain; `None` where it did not in
 /// time.
@@ -582,7 +588,7 @@ async fn get_all_domain_stats(
         v
     };
     let views = views.into_iter().filter(|v| list_filter(v, filter)).collect();
-    let records = collect(&call.svc, views, groups, PROBE_DEADLINE).await?;
+    let records = collect(&call.svc, views, groups, collect_deadline(&call.svc)).await?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let params = r
