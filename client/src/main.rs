@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+mod stats_cmds;
+
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -106,6 +108,8 @@ enum Cmd {
     },
     /// Measure a daemon's latency and throughput.
     Bench(BenchArgs),
+    #[command(flatten)]
+    Stats(stats_cmds::StatsCmd),
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -502,6 +506,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
+        Cmd::Stats(cmd) => stats_cmds::run(c, cmd, json).await?,
         Cmd::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
