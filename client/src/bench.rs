@@ -332,7 +332,9 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         rows.push(row("undefine", undef, None));
     }
     if a.stats_guests > 0 {
-        rows.extend(crate::bench_stats::measure(&c, a.stats_guests, a.stats_calls, &ty, &prefix).await?);
+        rows.extend(
+            crate::bench_stats::measure(&c, a.stats_guests, a.stats_calls, &ty, &prefix).await?,
+        );
     }
     c.undefine(&probe).await?;
     Ok(rows)

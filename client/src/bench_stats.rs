@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use qemud_protocol::remote::procs;
-use qemud_protocol::remote::{ConnectGetAllDomainStatsArgs, ConnectGetAllDomainStatsRet, NonnullDomain};
+use qemud_protocol::remote::{
+    ConnectGetAllDomainStatsArgs, ConnectGetAllDomainStatsRet, NonnullDomain,
+};
 use qemud_protocol::xdr::XdrVec;
 
 use crate::bench::{row, Row};
@@ -48,7 +50,8 @@ async fn all_stats(c: &Client) -> Result<usize, ClientError> {
         // VIR_CONNECT_LIST_DOMAINS_ACTIVE
         flags: 1,
     };
-    let ret: ConnectGetAllDomainStatsRet = c.call(procs::CONNECT_GET_ALL_DOMAIN_STATS, &args).await?;
+    let ret: ConnectGetAllDomainStatsRet =
+        c.call(procs::CONNECT_GET_ALL_DOMAIN_STATS, &args).await?;
     Ok(ret.ret_stats.0.len())
 }
 
@@ -59,14 +62,22 @@ async fn sample(c: &Client, calls: usize, expect: usize) -> Result<Vec<Duration>
         let n = all_stats(c).await?;
         out.push(t.elapsed());
         if n < expect {
-            return Err(ClientError::Protocol(format!("stats for {n} domains, expected {expect}")));
+            return Err(ClientError::Protocol(format!(
+                "stats for {n} domains, expected {expect}"
+            )));
         }
     }
     Ok(out)
 }
 
 /// Runs the phase with `guests` guests and `calls` calls per measurement.
-pub async fn measure(c: &Client, guests: usize, calls: usize, ty: &str, prefix: &str) -> Result<Vec<Row>, ClientError> {
+pub async fn measure(
+    c: &Client,
+    guests: usize,
+    calls: usize,
+    ty: &str,
+    prefix: &str,
+) -> Result<Vec<Row>, ClientError> {
     let mut doms: Vec<NonnullDomain> = Vec::new();
     let result = async {
         for i in 0..guests {
@@ -78,7 +89,11 @@ pub async fn measure(c: &Client, guests: usize, calls: usize, ty: &str, prefix: 
         let mut rows = Vec::new();
         let wall = Instant::now();
         let s = sample(c, calls, guests).await?;
-        rows.push(row(&format!("all-domain stats, {guests} guests"), s, Some(wall.elapsed())));
+        rows.push(row(
+            &format!("all-domain stats, {guests} guests"),
+            s,
+            Some(wall.elapsed()),
+        ));
         if let Some(pid) = doms.first().and_then(|d| local_qemu_pid(&d.name.0)) {
             signal(pid, "STOP");
             let wall = Instant::now();

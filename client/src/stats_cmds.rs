@@ -117,7 +117,10 @@ fn cpu_map(list: &str, maplen: usize) -> Result<Vec<u8>, ClientError> {
             None => (false, part),
         };
         let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.parse::<usize>().map_err(|_| bad())?, b.parse::<usize>().map_err(|_| bad())?),
+            Some((a, b)) => (
+                a.parse::<usize>().map_err(|_| bad())?,
+                b.parse::<usize>().map_err(|_| bad())?,
+            ),
             None => {
                 let v = part.trim().parse::<usize>().map_err(|_| bad())?;
                 (v, v)
@@ -125,7 +128,9 @@ fn cpu_map(list: &str, maplen: usize) -> Result<Vec<u8>, ClientError> {
         };
         for cpu in a..=b {
             if cpu / 8 >= maplen {
-                return Err(ClientError::Protocol(format!("Physical CPU {cpu} doesn't exist.")));
+                return Err(ClientError::Protocol(format!(
+                    "Physical CPU {cpu} doesn't exist."
+                )));
             }
             if neg {
                 map[cpu / 8] &= !(1 << (cpu % 8));
@@ -139,7 +144,9 @@ fn cpu_map(list: &str, maplen: usize) -> Result<Vec<u8>, ClientError> {
 
 /// A CPU map as a virsh-style list ("0-1,3").
 fn cpu_list(map: &[u8], cpus: usize) -> String {
-    let on: Vec<usize> = (0..cpus).filter(|c| map.get(c / 8).is_some_and(|b| b & (1 << (c % 8)) != 0)).collect();
+    let on: Vec<usize> = (0..cpus)
+        .filter(|c| map.get(c / 8).is_some_and(|b| b & (1 << (c % 8)) != 0))
+        .collect();
     let mut out: Vec<String> = Vec::new();
     let mut i = 0;
     while i < on.len() {
@@ -147,7 +154,11 @@ fn cpu_list(map: &[u8], cpus: usize) -> String {
         while j + 1 < on.len() && on[j + 1] == on[j] + 1 {
             j += 1;
         }
-        out.push(if i == j { on[i].to_string() } else { format!("{}-{}", on[i], on[j]) });
+        out.push(if i == j {
+            on[i].to_string()
+        } else {
+            format!("{}-{}", on[i], on[j])
+        });
         i = j + 1;
     }
     out.join(",")
@@ -169,7 +180,14 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
             block,
         } => {
             let mut stats = 0;
-            for (on, bit) in [(state, 1), (cpu_total, 2), (balloon, 4), (vcpu, 8), (interface, 16), (block, 32)] {
+            for (on, bit) in [
+                (state, 1),
+                (cpu_total, 2),
+                (balloon, 4),
+                (vcpu, 8),
+                (interface, 16),
+                (block, 32),
+            ] {
                 if on {
                     stats |= bit;
                 }
@@ -183,7 +201,8 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 stats,
                 flags: 0,
             };
-            let ret: ConnectGetAllDomainStatsRet = c.call(CONNECT_GET_ALL_DOMAIN_STATS, &args).await?;
+            let ret: ConnectGetAllDomainStatsRet =
+                c.call(CONNECT_GET_ALL_DOMAIN_STATS, &args).await?;
             if json_out {
                 print_json(Value::Array(
                     ret.ret_stats
@@ -204,7 +223,11 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
         }
         StatsCmd::Dommemstat { domain } => {
             let dom = c.lookup(&domain).await?;
-            let args = DomainMemoryStatsArgs { dom, max_stats: 13, flags: 0 };
+            let args = DomainMemoryStatsArgs {
+                dom,
+                max_stats: 13,
+                flags: 0,
+            };
             let ret: DomainMemoryStatsRet = c.call(DOMAIN_MEMORY_STATS, &args).await?;
             let name = |t: i32| match t {
                 0 => "swap_in",
@@ -289,18 +312,31 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                     if t > 0 {
                         println!("{:<16}{:.1}s", "CPU time", t as f64 / 1e9);
                     }
-                    println!("{:<16}{}", "CPU Affinity:", r["affinity"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<16}{}",
+                        "CPU Affinity:",
+                        r["affinity"].as_str().unwrap_or("")
+                    );
                     println!();
                 }
             }
         }
-        StatsCmd::Vcpupin { domain, vcpu, cpulist } => {
+        StatsCmd::Vcpupin {
+            domain,
+            vcpu,
+            cpulist,
+        } => {
             let dom = c.lookup(&domain).await?;
             let cpus = host_cpus(c).await?;
             let maplen = cpus.div_ceil(8);
             if let (Some(vcpu), Some(list)) = (vcpu, cpulist.as_deref()) {
                 let map = cpu_map(list, maplen)?;
-                let args = DomainPinVcpuFlagsArgs { dom, vcpu, cpumap: Opaque(map), flags: 0 };
+                let args = DomainPinVcpuFlagsArgs {
+                    dom,
+                    vcpu,
+                    cpumap: Opaque(map),
+                    flags: 0,
+                };
                 c.call_void(DOMAIN_PIN_VCPU_FLAGS, &args).await?;
                 if json_out {
                     print_json(json!({"vcpu": vcpu, "affinity": list}));
@@ -319,12 +355,20 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 .filter(|n| vcpu.is_none_or(|v| v as i32 == *n))
                 .map(|n| {
                     let n_us = n as usize;
-                    let map = ret.cpumaps.0.get(n_us * maplen..(n_us + 1) * maplen).unwrap_or(&[]);
+                    let map = ret
+                        .cpumaps
+                        .0
+                        .get(n_us * maplen..(n_us + 1) * maplen)
+                        .unwrap_or(&[]);
                     (n, cpu_list(map, cpus))
                 })
                 .collect();
             if json_out {
-                print_json(Value::Array(rows.iter().map(|(n, a)| json!({"vcpu": n, "affinity": a})).collect()));
+                print_json(Value::Array(
+                    rows.iter()
+                        .map(|(n, a)| json!({"vcpu": n, "affinity": a}))
+                        .collect(),
+                ));
             } else {
                 println!(" VCPU   CPU Affinity");
                 println!("----------------------");
@@ -333,19 +377,38 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 }
             }
         }
-        StatsCmd::Setvcpus { domain, count, live, config, maximum } => {
+        StatsCmd::Setvcpus {
+            domain,
+            count,
+            live,
+            config,
+            maximum,
+        } => {
             let dom = c.lookup(&domain).await?;
             let flags = (live as u32) | (config as u32) << 1 | (maximum as u32) << 2;
-            let args = DomainSetVcpusFlagsArgs { dom, nvcpus: count, flags };
+            let args = DomainSetVcpusFlagsArgs {
+                dom,
+                nvcpus: count,
+                flags,
+            };
             c.call_void(DOMAIN_SET_VCPUS_FLAGS, &args).await?;
             if json_out {
                 print_json(json!({"domain": domain, "vcpus": count}));
             }
         }
-        StatsCmd::Setmem { domain, kib, live, config } => {
+        StatsCmd::Setmem {
+            domain,
+            kib,
+            live,
+            config,
+        } => {
             let dom = c.lookup(&domain).await?;
             let flags = (live as u32) | (config as u32) << 1;
-            let args = DomainSetMemoryFlagsArgs { dom, memory: kib, flags };
+            let args = DomainSetMemoryFlagsArgs {
+                dom,
+                memory: kib,
+                flags,
+            };
             c.call_void(DOMAIN_SET_MEMORY_FLAGS, &args).await?;
             if json_out {
                 print_json(json!({"domain": domain, "memory_kib": kib}));
@@ -354,7 +417,11 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
         StatsCmd::Setmaxmem { domain, kib } => {
             let dom = c.lookup(&domain).await?;
             // VIR_DOMAIN_AFFECT_CONFIG | VIR_DOMAIN_MEM_MAXIMUM
-            let args = DomainSetMemoryFlagsArgs { dom, memory: kib, flags: 2 | 4 };
+            let args = DomainSetMemoryFlagsArgs {
+                dom,
+                memory: kib,
+                flags: 2 | 4,
+            };
             c.call_void(DOMAIN_SET_MEMORY_FLAGS, &args).await?;
             if json_out {
                 print_json(json!({"domain": domain, "max_memory_kib": kib}));
@@ -366,7 +433,9 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 let mut l = ParamList::new();
                 for s in &set {
                     let Some((k, v)) = s.split_once('=') else {
-                        return Err(ClientError::Protocol(format!("invalid scheduler option: {s}")));
+                        return Err(ClientError::Protocol(format!(
+                            "invalid scheduler option: {s}"
+                        )));
                     };
                     let bad = || ClientError::Protocol(format!("invalid value for {k}: {v}"));
                     if k.ends_with("_quota") {
@@ -375,15 +444,31 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                         l.ullong(k, v.parse().map_err(|_| bad())?);
                     }
                 }
-                let args = DomainSetSchedulerParametersFlagsArgs { dom: dom.clone(), params: XdrVec(l.0), flags: 0 };
-                c.call_void(DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS, &args).await?;
+                let args = DomainSetSchedulerParametersFlagsArgs {
+                    dom: dom.clone(),
+                    params: XdrVec(l.0),
+                    flags: 0,
+                };
+                c.call_void(DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS, &args)
+                    .await?;
             }
-            let ty: DomainGetSchedulerTypeRet =
-                c.call(DOMAIN_GET_SCHEDULER_TYPE, &DomainGetSchedulerTypeArgs { dom: dom.clone() }).await?;
-            let args = DomainGetSchedulerParametersFlagsArgs { dom, nparams: ty.nparams, flags: 0 };
-            let ret: DomainGetSchedulerParametersFlagsRet = c.call(DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS, &args).await?;
+            let ty: DomainGetSchedulerTypeRet = c
+                .call(
+                    DOMAIN_GET_SCHEDULER_TYPE,
+                    &DomainGetSchedulerTypeArgs { dom: dom.clone() },
+                )
+                .await?;
+            let args = DomainGetSchedulerParametersFlagsArgs {
+                dom,
+                nparams: ty.nparams,
+                flags: 0,
+            };
+            let ret: DomainGetSchedulerParametersFlagsRet =
+                c.call(DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS, &args).await?;
             if json_out {
-                print_json(json!({"scheduler": ty.type_.0, "parameters": params_json(&ret.params.0)}));
+                print_json(
+                    json!({"scheduler": ty.type_.0, "parameters": params_json(&ret.params.0)}),
+                );
             } else {
                 println!("{:<15}: {}", "Scheduler", ty.type_.0);
                 for p in &ret.params.0 {
@@ -391,7 +476,11 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 }
             }
         }
-        StatsCmd::Desc { domain, title, new_desc } => {
+        StatsCmd::Desc {
+            domain,
+            title,
+            new_desc,
+        } => {
             let dom = c.lookup(&domain).await?;
             // VIR_DOMAIN_METADATA_DESCRIPTION 0, TITLE 1.
             let kind = title as i32;
@@ -406,7 +495,9 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 };
                 c.call_void(DOMAIN_SET_METADATA, &args).await?;
                 if json_out {
-                    print_json(json!({"domain": domain, if title { "title" } else { "description" }: text}));
+                    print_json(
+                        json!({"domain": domain, if title { "title" } else { "description" }: text}),
+                    );
                 } else if title {
                     println!("Domain title updated successfully");
                 } else {
@@ -414,25 +505,42 @@ pub async fn run(c: &Client, cmd: StatsCmd, json_out: bool) -> Result<(), Client
                 }
                 return Ok(());
             }
-            let args = DomainGetMetadataArgs { dom, type_: kind, uri: None, flags: 0 };
-            let text = match c.call::<_, DomainGetMetadataRet>(DOMAIN_GET_METADATA, &args).await {
+            let args = DomainGetMetadataArgs {
+                dom,
+                type_: kind,
+                uri: None,
+                flags: 0,
+            };
+            let text = match c
+                .call::<_, DomainGetMetadataRet>(DOMAIN_GET_METADATA, &args)
+                .await
+            {
                 Ok(r) => Some(r.metadata.0),
                 // VIR_ERR_NO_DOMAIN_METADATA: none set.
                 Err(e) if e.code() == Some(80) => None,
                 Err(e) => return Err(e),
             };
             if json_out {
-                print_json(json!({"domain": domain, if title { "title" } else { "description" }: text}));
+                print_json(
+                    json!({"domain": domain, if title { "title" } else { "description" }: text}),
+                );
             } else {
                 match text {
                     Some(t) => println!("{t}"),
-                    None => println!("No {} for domain: {domain}", if title { "title" } else { "description" }),
+                    None => println!(
+                        "No {} for domain: {domain}",
+                        if title { "title" } else { "description" }
+                    ),
                 }
             }
         }
         StatsCmd::Domrename { domain, new_name } => {
             let dom = c.lookup(&domain).await?;
-            let args = DomainRenameArgs { dom, new_name: Some(new_name.clone().into()), flags: 0 };
+            let args = DomainRenameArgs {
+                dom,
+                new_name: Some(new_name.clone().into()),
+                flags: 0,
+            };
             let _: DomainRenameRet = c.call(DOMAIN_RENAME, &args).await?;
             if json_out {
                 print_json(json!({"from": domain, "to": new_name}));

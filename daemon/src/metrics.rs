@@ -98,7 +98,11 @@ async fn serve(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
             ("200 OK", ct, body)
         }
         ("GET", _) | ("HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".into()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
     };
     let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -143,7 +147,9 @@ impl Family<'_> {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn number(v: f64) -> String {
@@ -155,22 +161,30 @@ fn number(v: f64) -> String {
 }
 
 fn get(d: &DomainStats, name: &str) -> Option<f64> {
-    d.params.0.iter().find(|p| p.field.0 == name).and_then(|p| match &p.value {
-        TypedParamValue::I(v) => Some(*v as f64),
-        TypedParamValue::Ui(v) => Some(*v as f64),
-        TypedParamValue::L(v) => Some(*v as f64),
-        TypedParamValue::Ul(v) => Some(*v as f64),
-        TypedParamValue::D(v) => Some(*v),
-        TypedParamValue::B(v) => Some(*v as f64),
-        TypedParamValue::S(_) => None,
-    })
+    d.params
+        .0
+        .iter()
+        .find(|p| p.field.0 == name)
+        .and_then(|p| match &p.value {
+            TypedParamValue::I(v) => Some(*v as f64),
+            TypedParamValue::Ui(v) => Some(*v as f64),
+            TypedParamValue::L(v) => Some(*v as f64),
+            TypedParamValue::Ul(v) => Some(*v as f64),
+            TypedParamValue::D(v) => Some(*v),
+            TypedParamValue::B(v) => Some(*v as f64),
+            TypedParamValue::S(_) => None,
+        })
 }
 
 fn get_str<'a>(d: &'a DomainStats, name: &str) -> Option<&'a str> {
-    d.params.0.iter().find(|p| p.field.0 == name).and_then(|p| match &p.value {
-        TypedParamValue::S(s) => Some(s.0.as_str()),
-        _ => None,
-    })
+    d.params
+        .0
+        .iter()
+        .find(|p| p.field.0 == name)
+        .and_then(|p| match &p.value {
+            TypedParamValue::S(s) => Some(s.0.as_str()),
+            _ => None,
+        })
 }
 
 const NS: f64 = 1e-9;
@@ -178,50 +192,201 @@ const KIB: f64 = 1024.0;
 
 /// Per-domain families: (metric, kind, help, stats field, scale).
 const DOMAIN_METRICS: &[(&str, &str, &str, &str, f64)] = &[
-    ("libvirt_domain_info_vstate", "gauge", "Domain state (virDomainState).", "state.state", 1.0),
-    ("libvirt_domain_info_cpu_time_seconds_total", "counter", "CPU time used by the domain's QEMU.", "cpu.time", NS),
-    ("libvirt_domain_info_user_time_seconds_total", "counter", "User CPU time of the domain's QEMU.", "cpu.user", NS),
-    ("libvirt_domain_info_system_time_seconds_total", "counter", "System CPU time of the domain's QEMU.", "cpu.system", NS),
-    ("libvirt_domain_info_maximum_memory_bytes", "gauge", "Maximum memory of the domain.", "balloon.maximum", KIB),
-    ("libvirt_domain_info_memory_usage_bytes", "gauge", "Memory the domain has now (balloon).", "balloon.current", KIB),
-    ("libvirt_domain_memory_stats_rss_bytes", "gauge", "Resident set size of the domain's QEMU.", "balloon.rss", KIB),
-    ("libvirt_domain_memory_stats_unused_bytes", "gauge", "Memory the guest leaves unused.", "balloon.unused", KIB),
-    ("libvirt_domain_memory_stats_available_bytes", "gauge", "Memory the guest sees.", "balloon.available", KIB),
-    ("libvirt_domain_memory_stats_usable_bytes", "gauge", "Memory the guest can use without swapping.", "balloon.usable", KIB),
-    ("libvirt_domain_info_virtual_cpus", "gauge", "Number of online virtual CPUs.", "vcpu.current", 1.0),
-    ("libvirt_domain_info_maximum_virtual_cpus", "gauge", "Maximum number of virtual CPUs.", "vcpu.maximum", 1.0),
+    (
+        "libvirt_domain_info_vstate",
+        "gauge",
+        "Domain state (virDomainState).",
+        "state.state",
+        1.0,
+    ),
+    (
+        "libvirt_domain_info_cpu_time_seconds_total",
+        "counter",
+        "CPU time used by the domain's QEMU.",
+        "cpu.time",
+        NS,
+    ),
+    (
+        "libvirt_domain_info_user_time_seconds_total",
+        "counter",
+        "User CPU time of the domain's QEMU.",
+        "cpu.user",
+        NS,
+    ),
+    (
+        "libvirt_domain_info_system_time_seconds_total",
+        "counter",
+        "System CPU time of the domain's QEMU.",
+        "cpu.system",
+        NS,
+    ),
+    (
+        "libvirt_domain_info_maximum_memory_bytes",
+        "gauge",
+        "Maximum memory of the domain.",
+        "balloon.maximum",
+        KIB,
+    ),
+    (
+        "libvirt_domain_info_memory_usage_bytes",
+        "gauge",
+        "Memory the domain has now (balloon).",
+        "balloon.current",
+        KIB,
+    ),
+    (
+        "libvirt_domain_memory_stats_rss_bytes",
+        "gauge",
+        "Resident set size of the domain's QEMU.",
+        "balloon.rss",
+        KIB,
+    ),
+    (
+        "libvirt_domain_memory_stats_unused_bytes",
+        "gauge",
+        "Memory the guest leaves unused.",
+        "balloon.unused",
+        KIB,
+    ),
+    (
+        "libvirt_domain_memory_stats_available_bytes",
+        "gauge",
+        "Memory the guest sees.",
+        "balloon.available",
+        KIB,
+    ),
+    (
+        "libvirt_domain_memory_stats_usable_bytes",
+        "gauge",
+        "Memory the guest can use without swapping.",
+        "balloon.usable",
+        KIB,
+    ),
+    (
+        "libvirt_domain_info_virtual_cpus",
+        "gauge",
+        "Number of online virtual CPUs.",
+        "vcpu.current",
+        1.0,
+    ),
+    (
+        "libvirt_domain_info_maximum_virtual_cpus",
+        "gauge",
+        "Maximum number of virtual CPUs.",
+        "vcpu.maximum",
+        1.0,
+    ),
 ];
 
 /// Block families: (metric suffix, kind, help, field suffix, scale).
 const BLOCK_METRICS: &[(&str, &str, &str, &str, f64)] = &[
-    ("read_requests_total", "counter", "Read requests.", "rd.reqs", 1.0),
-    ("read_bytes_total", "counter", "Bytes read.", "rd.bytes", 1.0),
-    ("read_time_seconds_total", "counter", "Time spent reading.", "rd.times", NS),
-    ("write_requests_total", "counter", "Write requests.", "wr.reqs", 1.0),
-    ("write_bytes_total", "counter", "Bytes written.", "wr.bytes", 1.0),
-    ("write_time_seconds_total", "counter", "Time spent writing.", "wr.times", NS),
-    ("flush_requests_total", "counter", "Flush requests.", "fl.reqs", 1.0),
-    ("flush_time_seconds_total", "counter", "Time spent flushing.", "fl.times", NS),
-    ("allocation", "gauge", "Highest written offset (allocation) in bytes.", "allocation", 1.0),
-    ("capacity_bytes", "gauge", "Virtual size of the disk.", "capacity", 1.0),
-    ("physicalsize_bytes", "gauge", "Size of the image on the host.", "physical", 1.0),
+    (
+        "read_requests_total",
+        "counter",
+        "Read requests.",
+        "rd.reqs",
+        1.0,
+    ),
+    (
+        "read_bytes_total",
+        "counter",
+        "Bytes read.",
+        "rd.bytes",
+        1.0,
+    ),
+    (
+        "read_time_seconds_total",
+        "counter",
+        "Time spent reading.",
+        "rd.times",
+        NS,
+    ),
+    (
+        "write_requests_total",
+        "counter",
+        "Write requests.",
+        "wr.reqs",
+        1.0,
+    ),
+    (
+        "write_bytes_total",
+        "counter",
+        "Bytes written.",
+        "wr.bytes",
+        1.0,
+    ),
+    (
+        "write_time_seconds_total",
+        "counter",
+        "Time spent writing.",
+        "wr.times",
+        NS,
+    ),
+    (
+        "flush_requests_total",
+        "counter",
+        "Flush requests.",
+        "fl.reqs",
+        1.0,
+    ),
+    (
+        "flush_time_seconds_total",
+        "counter",
+        "Time spent flushing.",
+        "fl.times",
+        NS,
+    ),
+    (
+        "allocation",
+        "gauge",
+        "Highest written offset (allocation) in bytes.",
+        "allocation",
+        1.0,
+    ),
+    (
+        "capacity_bytes",
+        "gauge",
+        "Virtual size of the disk.",
+        "capacity",
+        1.0,
+    ),
+    (
+        "physicalsize_bytes",
+        "gauge",
+        "Size of the image on the host.",
+        "physical",
+        1.0,
+    ),
 ];
 
 const NET_METRICS: &[(&str, &str, &str)] = &[
     ("receive_bytes_total", "Bytes received.", "rx.bytes"),
     ("receive_packets_total", "Packets received.", "rx.pkts"),
     ("receive_errors_total", "Receive errors.", "rx.errs"),
-    ("receive_drops_total", "Received packets dropped.", "rx.drop"),
+    (
+        "receive_drops_total",
+        "Received packets dropped.",
+        "rx.drop",
+    ),
     ("transmit_bytes_total", "Bytes transmitted.", "tx.bytes"),
     ("transmit_packets_total", "Packets transmitted.", "tx.pkts"),
     ("transmit_errors_total", "Transmit errors.", "tx.errs"),
-    ("transmit_drops_total", "Transmitted packets dropped.", "tx.drop"),
+    (
+        "transmit_drops_total",
+        "Transmitted packets dropped.",
+        "tx.drop",
+    ),
 ];
 
 /// The whole exposition.
 pub async fn render(svc: &Services, openmetrics: bool) -> String {
     let started = Instant::now();
-    let groups = group::STATE | group::CPU_TOTAL | group::BALLOON | group::VCPU | group::INTERFACE | group::BLOCK;
+    let groups = group::STATE
+        | group::CPU_TOTAL
+        | group::BALLOON
+        | group::VCPU
+        | group::INTERFACE
+        | group::BLOCK;
     let views = svc.index.all();
     let stats = collect(svc, views, groups, collect_deadline(svc)).await;
     let mut out = String::new();
@@ -235,11 +400,19 @@ pub async fn render(svc: &Services, openmetrics: bool) -> String {
     f.begin("libvirt_domains", "gauge", "Number of domains by activity.");
     let active = stats.iter().filter(|d| d.view.is_active()).count();
     f.sample("libvirt_domains", &[("state", "active")], active as f64);
-    f.sample("libvirt_domains", &[("state", "inactive")], (stats.len() - active) as f64);
+    f.sample(
+        "libvirt_domains",
+        &[("state", "inactive")],
+        (stats.len() - active) as f64,
+    );
     f.begin("qemud_host_cpus", "gauge", "Logical CPUs of the host.");
     f.sample("qemud_host_cpus", &[], svc.host.cpus as f64);
     f.begin("qemud_host_memory_bytes", "gauge", "Memory of the host.");
-    f.sample("qemud_host_memory_bytes", &[], svc.host.memory_kib as f64 * KIB);
+    f.sample(
+        "qemud_host_memory_bytes",
+        &[],
+        svc.host.memory_kib as f64 * KIB,
+    );
 
     let labels = |d: &DomainStats| (d.view.name.clone(), d.view.uuid.to_string());
     for (metric, kind, help, field, scale) in DOMAIN_METRICS {
@@ -257,22 +430,46 @@ pub async fn render(svc: &Services, openmetrics: bool) -> String {
 
     // vCPUs.
     for (metric, kind, help, suffix, scale) in [
-        ("libvirt_domain_vcpu_time_seconds_total", "counter", "CPU time used by one vCPU.", "time", NS),
-        ("libvirt_domain_vcpu_delay_seconds_total", "counter", "Time one vCPU waited to run.", "delay", NS),
-        ("libvirt_domain_vcpu_state", "gauge", "State of one vCPU (virVcpuState).", "state", 1.0),
+        (
+            "libvirt_domain_vcpu_time_seconds_total",
+            "counter",
+            "CPU time used by one vCPU.",
+            "time",
+            NS,
+        ),
+        (
+            "libvirt_domain_vcpu_delay_seconds_total",
+            "counter",
+            "Time one vCPU waited to run.",
+            "delay",
+            NS,
+        ),
+        (
+            "libvirt_domain_vcpu_state",
+            "gauge",
+            "State of one vCPU (virVcpuState).",
+            "state",
+            1.0,
+        ),
     ] {
         let mut begun = false;
         for d in &stats {
             let (name, uuid) = labels(d);
             let max = get(d, "vcpu.maximum").unwrap_or(0.0) as u32;
             for i in 0..max {
-                let Some(v) = get(d, &format!("vcpu.{i}.{suffix}")) else { continue };
+                let Some(v) = get(d, &format!("vcpu.{i}.{suffix}")) else {
+                    continue;
+                };
                 if !begun {
                     f.begin(metric, kind, help);
                     begun = true;
                 }
                 let vcpu = i.to_string();
-                f.sample(metric, &[("domain", &name), ("uuid", &uuid), ("vcpu", &vcpu)], v * scale);
+                f.sample(
+                    metric,
+                    &[("domain", &name), ("uuid", &uuid), ("vcpu", &vcpu)],
+                    v * scale,
+                );
             }
         }
     }
@@ -285,16 +482,27 @@ pub async fn render(svc: &Services, openmetrics: bool) -> String {
             let (name, uuid) = labels(d);
             let count = get(d, "block.count").unwrap_or(0.0) as usize;
             for i in 0..count {
-                let Some(v) = get(d, &format!("block.{i}.{field}")) else { continue };
+                let Some(v) = get(d, &format!("block.{i}.{field}")) else {
+                    continue;
+                };
                 if !begun {
                     f.begin(&metric, kind, help);
                     begun = true;
                 }
-                let dev = get_str(d, &format!("block.{i}.name")).unwrap_or("").to_string();
-                let src = get_str(d, &format!("block.{i}.path")).unwrap_or("").to_string();
+                let dev = get_str(d, &format!("block.{i}.name"))
+                    .unwrap_or("")
+                    .to_string();
+                let src = get_str(d, &format!("block.{i}.path"))
+                    .unwrap_or("")
+                    .to_string();
                 f.sample(
                     &metric,
-                    &[("domain", &name), ("uuid", &uuid), ("target_device", &dev), ("source_file", &src)],
+                    &[
+                        ("domain", &name),
+                        ("uuid", &uuid),
+                        ("target_device", &dev),
+                        ("source_file", &src),
+                    ],
                     v * scale,
                 );
             }
@@ -309,19 +517,35 @@ pub async fn render(svc: &Services, openmetrics: bool) -> String {
             let (name, uuid) = labels(d);
             let count = get(d, "net.count").unwrap_or(0.0) as usize;
             for i in 0..count {
-                let Some(v) = get(d, &format!("net.{i}.{field}")) else { continue };
+                let Some(v) = get(d, &format!("net.{i}.{field}")) else {
+                    continue;
+                };
                 if !begun {
                     f.begin(&metric, "counter", help);
                     begun = true;
                 }
-                let dev = get_str(d, &format!("net.{i}.name")).unwrap_or("").to_string();
-                f.sample(&metric, &[("domain", &name), ("uuid", &uuid), ("target_device", &dev)], v);
+                let dev = get_str(d, &format!("net.{i}.name"))
+                    .unwrap_or("")
+                    .to_string();
+                f.sample(
+                    &metric,
+                    &[("domain", &name), ("uuid", &uuid), ("target_device", &dev)],
+                    v,
+                );
             }
         }
     }
 
-    f.begin("qemud_scrape_duration_seconds", "gauge", "Time taken to collect these metrics.");
-    f.sample("qemud_scrape_duration_seconds", &[], started.elapsed().as_secs_f64());
+    f.begin(
+        "qemud_scrape_duration_seconds",
+        "gauge",
+        "Time taken to collect these metrics.",
+    );
+    f.sample(
+        "qemud_scrape_duration_seconds",
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
     if openmetrics {
         out.push_str("# EOF\n");
     }

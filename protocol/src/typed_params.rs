@@ -158,7 +158,10 @@ pub fn check_received(params: &[TypedParam], limit: usize) -> Result<(), ParamEr
         if p.field.0.len() >= FIELD_LENGTH {
             return Err(ParamError::new(
                 ErrorCode::InternalError,
-                format!("internal error: parameter {} too big for destination", p.field.0),
+                format!(
+                    "internal error: parameter {} too big for destination",
+                    p.field.0
+                ),
             ));
         }
     }
@@ -358,7 +361,10 @@ mod tests {
     #[test]
     fn strings_only_to_callers_that_understand_them() {
         assert_eq!(ParamList(list()).serialize(16, 0).unwrap().len(), 1);
-        assert_eq!(ParamList(list()).serialize(16, STRING_OKAY).unwrap().len(), 2);
+        assert_eq!(
+            ParamList(list()).serialize(16, STRING_OKAY).unwrap().len(),
+            2
+        );
         assert!(ParamList(list()).serialize(1, STRING_OKAY).is_err());
     }
 }

@@ -160,7 +160,8 @@ fn vcpu_tid(pid: i32, n: u32) -> i32 {
     let prefix = format!("CPU {n}/");
     for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let tid = e.unwrap().file_name().to_string_lossy().into_owned();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
         if comm.starts_with(&prefix) {
             return tid.parse().unwrap();
         }
@@ -180,8 +181,14 @@ fn cpus_allowed(pid: i32, tid: i32) -> String {
 fn http_get(port: u16, accept: Option<&str>) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{accept}\r\n").unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{accept}\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -199,7 +206,9 @@ fn parse_exposition(body: &str) -> Vec<(String, f64)> {
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
         let name_end = series.find('{').unwrap_or(series.len());
         let name = &series[..name_end];
         assert!(
@@ -209,7 +218,9 @@ fn parse_exposition(body: &str) -> Vec<(String, f64)> {
         if name_end < series.len() {
             assert!(series.ends_with('}'), "bad labels in {line}");
         }
-        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
         samples.push((series.to_owned(), v));
     }
     samples
@@ -245,11 +256,18 @@ fn stats_tuning_metadata_and_metrics_on_running_guests() {
     // domstats, all groups, both guests: values agree with QEMU and /proc.
     let rows = domstats(&uri, &[]);
     for dom in ["sa", "sb"] {
-        assert_eq!(stat(&rows, dom, "state.state").as_deref(), Some("1"), "{rows:?}");
+        assert_eq!(
+            stat(&rows, dom, "state.state").as_deref(),
+            Some("1"),
+            "{rows:?}"
+        );
         assert!(stat_u64(&rows, dom, "cpu.time") > 0);
     }
     assert!(stat_u64(&rows, "sa", "cpu.time") <= proc_cpu_ns(&format!("/proc/{pid_a}/stat")));
-    assert_eq!(stat_u64(&rows, "sa", "cpu.time"), stat_u64(&rows, "sa", "cpu.user") + stat_u64(&rows, "sa", "cpu.system"));
+    assert_eq!(
+        stat_u64(&rows, "sa", "cpu.time"),
+        stat_u64(&rows, "sa", "cpu.user") + stat_u64(&rows, "sa", "cpu.system")
+    );
     assert_eq!(stat_u64(&rows, "sa", "balloon.maximum"), 262_144);
     assert_eq!(stat_u64(&rows, "sa", "balloon.current"), 262_144);
     assert_eq!(stat_u64(&rows, "sa", "vcpu.current"), 2);
@@ -263,10 +281,18 @@ fn stats_tuning_metadata_and_metrics_on_running_guests() {
     assert_eq!(stat_u64(&rows, "sa", "block.0.capacity"), DISK_BYTES);
     assert_eq!(stat_u64(&rows, "sa", "block.0.physical"), DISK_BYTES);
     let tid1 = vcpu_tid(pid_a, 1);
-    assert!(stat_u64(&rows, "sa", "vcpu.1.time") <= proc_cpu_ns(&format!("/proc/{pid_a}/task/{tid1}/stat")));
+    assert!(
+        stat_u64(&rows, "sa", "vcpu.1.time")
+            <= proc_cpu_ns(&format!("/proc/{pid_a}/task/{tid1}/stat"))
+    );
     assert_eq!(stat_u64(&rows, "sb", "block.count"), 0);
     let groups = domstats(&uri, &["--state", "--block", "sb"]);
-    assert!(groups.iter().all(|(_, k, _)| k.starts_with("state.") || k.starts_with("block.")), "{groups:?}");
+    assert!(
+        groups
+            .iter()
+            .all(|(_, k, _)| k.starts_with("state.") || k.starts_with("block.")),
+        "{groups:?}"
+    );
 
     // python3-libvirt sees libvirt's keys.
     let py = python(
@@ -319,7 +345,10 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
         .trim()
         .parse()
         .unwrap();
-    assert!(rss > vmrss / 2 && rss < vmrss * 2, "rss {rss} vs VmRSS {vmrss}");
+    assert!(
+        rss > vmrss / 2 && rss < vmrss * 2,
+        "rss {rss} vs VmRSS {vmrss}"
+    );
 
     // domblkstat agrees with domstats.
     let blk = virsh(&uri, &["domblkstat", "sa", "vda"]);
@@ -331,7 +360,9 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
         .parse()
         .unwrap();
     assert!(rd_req >= stat_u64(&rows, "sa", "block.0.rd.reqs"), "{blk}");
-    assert!(virsh(&uri, &["domblkstat", "sa", "vdz"]).fails().contains("invalid path: vdz"));
+    assert!(virsh(&uri, &["domblkstat", "sa", "vdz"])
+        .fails()
+        .contains("invalid path: vdz"));
     // A user-mode NIC has no host interface: libvirt's error.
     assert!(virsh(&uri, &["domifstat", "sa", "52:54:00:12:34:56"])
         .fails()
@@ -339,7 +370,10 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
 
     // vcpuinfo, vcpupin, emulatorpin: the kernel's affinity of QEMU's threads.
     let info = squash(virsh(&uri, &["vcpuinfo", "sa"]).ok());
-    assert!(info.contains("VCPU: 1") && info.contains("State: running"), "{info}");
+    assert!(
+        info.contains("VCPU: 1") && info.contains("State: running"),
+        "{info}"
+    );
     virsh(&uri, &["vcpupin", "sa", "1", "0"]).ok();
     assert_eq!(cpus_allowed(pid_a, tid1), "0");
     let pins = squash(virsh(&uri, &["vcpupin", "sa"]).ok());
@@ -361,7 +395,11 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
         .contains("cannot resize the maximum memory on an active domain"));
     virsh(&uri, &["setmaxmem", "sa", "300M", "--config"]).ok();
     let inactive = virsh(&uri, &["dumpxml", "--inactive", "sa"]);
-    assert!(inactive.ok().contains("<memory unit='KiB'>307200</memory>"), "{}", inactive.stdout);
+    assert!(
+        inactive.ok().contains("<memory unit='KiB'>307200</memory>"),
+        "{}",
+        inactive.stdout
+    );
     let live = squash(virsh(&uri, &["dominfo", "sa"]).ok());
     assert!(live.contains("Max memory: 262144 KiB"), "{live}");
 
@@ -370,10 +408,17 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     let sched = virsh(&uri, &["schedinfo", "sa"]);
     if sched.status.success() {
         let s = squash(&sched.stdout);
-        assert!(s.contains("Scheduler : posix") && s.contains("cpu_shares :"), "{s}");
+        assert!(
+            s.contains("Scheduler : posix") && s.contains("cpu_shares :"),
+            "{s}"
+        );
         let set = virsh(&uri, &["schedinfo", "sa", "--set", "cpu_shares=512"]);
         if set.status.success() {
-            assert!(squash(&set.stdout).contains("cpu_shares : 512"), "{}", set.stdout);
+            assert!(
+                squash(&set.stdout).contains("cpu_shares : 512"),
+                "{}",
+                set.stdout
+            );
             let cg = std::fs::read_to_string(format!("/proc/{pid_a}/cgroup")).unwrap();
             let uuid = virsh(&uri, &["domuuid", "sa"]).ok().trim().to_owned();
             assert!(cg.contains(&format!("qemud/{uuid}")), "{cg}");
@@ -381,23 +426,66 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
             assert!(set.stderr.contains("Unable to"), "{}", set.stderr);
         }
     } else {
-        assert!(sched.stderr.contains("cgroup CPU controller is not mounted"), "{}", sched.stderr);
+        assert!(
+            sched
+                .stderr
+                .contains("cgroup CPU controller is not mounted"),
+            "{}",
+            sched.stderr
+        );
     }
 
     // Title, description and custom metadata, with metadata-change events.
-    let mut events = Watcher::spawn(
-        Command::new("virsh")
-            .arg("-c")
-            .arg(&uri)
-            .args(["event", "sa", "--event", "metadata-change", "--loop", "--timeout", "60"]),
-    );
+    let mut events = Watcher::spawn(Command::new("virsh").arg("-c").arg(&uri).args([
+        "event",
+        "sa",
+        "--event",
+        "metadata-change",
+        "--loop",
+        "--timeout",
+        "60",
+    ]));
     std::thread::sleep(Duration::from_millis(500));
-    virsh(&uri, &["desc", "sa", "--title", "--live", "--config", "--new-desc", "Stats guest"]).ok();
-    assert_eq!(virsh(&uri, &["desc", "sa", "--title"]).ok().trim(), "Stats guest");
+    virsh(
+        &uri,
+        &[
+            "desc",
+            "sa",
+            "--title",
+            "--live",
+            "--config",
+            "--new-desc",
+            "Stats guest",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        virsh(&uri, &["desc", "sa", "--title"]).ok().trim(),
+        "Stats guest"
+    );
     events.expect("metadata-change", 20);
-    virsh(&uri, &["desc", "sa", "--config", "--new-desc", "two\nlines"]).ok();
-    assert_eq!(virsh(&uri, &["desc", "sa", "--config"]).ok().trim(), "two\nlines");
-    virsh(&uri, &["metadata", "sa", "urn:qemud:test", "--key", "t", "--set", "<app><v>1</v></app>"]).ok();
+    virsh(
+        &uri,
+        &["desc", "sa", "--config", "--new-desc", "two\nlines"],
+    )
+    .ok();
+    assert_eq!(
+        virsh(&uri, &["desc", "sa", "--config"]).ok().trim(),
+        "two\nlines"
+    );
+    virsh(
+        &uri,
+        &[
+            "metadata",
+            "sa",
+            "urn:qemud:test",
+            "--key",
+            "t",
+            "--set",
+            "<app><v>1</v></app>",
+        ],
+    )
+    .ok();
     let md = virsh(&uri, &["metadata", "sa", "urn:qemud:test"]);
     assert_eq!(md.ok().trim(), "<app>\n  <v>1</v>\n</app>");
     assert!(virsh(&uri, &["metadata", "sa", "urn:none"])
@@ -423,7 +511,10 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some(74), "{e}");
-        assert!(e.to_string().contains("parameter 'bogus' not supported"), "{e}");
+        assert!(
+            e.to_string().contains("parameter 'bogus' not supported"),
+            "{e}"
+        );
         let mut p = ParamList::new();
         p.int("cpu_shares", 1);
         let e = c
@@ -459,9 +550,15 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
             cpumap: Opaque(cpumap),
             flags: 1,
         };
-        let e = c.call_void(DOMAIN_PIN_VCPU_FLAGS, &pin(map)).await.unwrap_err();
+        let e = c
+            .call_void(DOMAIN_PIN_VCPU_FLAGS, &pin(map))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("cannot set CPU affinity"), "{e}");
-        let e = c.call_void(DOMAIN_PIN_VCPU_FLAGS, &pin(vec![0, 0])).await.unwrap_err();
+        let e = c
+            .call_void(DOMAIN_PIN_VCPU_FLAGS, &pin(vec![0, 0]))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("Empty cpu list for pinning"), "{e}");
         let bad_vcpu = DomainPinVcpuFlagsArgs {
             dom: dom.clone(),
@@ -469,7 +566,10 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
             cpumap: Opaque(vec![1]),
             flags: 1,
         };
-        let e = c.call_void(DOMAIN_PIN_VCPU_FLAGS, &bad_vcpu).await.unwrap_err();
+        let e = c
+            .call_void(DOMAIN_PIN_VCPU_FLAGS, &bad_vcpu)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("vcpu 7 is out of range"), "{e}");
     });
     assert_eq!(virsh(&uri, &["vcpupin", "sa"]).ok(), before_pins);
@@ -504,12 +604,20 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     parse_exposition(body);
 
     // A stopped QEMU costs its own record the stats deadline, no more.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_b), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_b),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     let t = Instant::now();
     let rows = domstats(&uri, &[]);
     let took = t.elapsed();
     let metrics = http_get(port, None);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_b), nix::sys::signal::Signal::SIGCONT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_b),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
     assert!(took < Duration::from_secs(6), "domstats took {took:?}");
     assert!(stat(&rows, "sa", "block.0.rd.reqs").is_some(), "{rows:?}");
     assert_eq!(stat(&rows, "sb", "state.state").as_deref(), Some("1"));
@@ -522,8 +630,13 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     virsh(&uri, &["destroy", "sb"]).ok();
     virsh(&uri, &["domrename", "sb", "sb2"]).ok();
     let list = squash(virsh(&uri, &["list", "--all"]).ok());
-    assert!(list.contains("sb2 shut off") && !list.contains("sb "), "{list}");
-    assert!(virsh(&uri, &["dominfo", "sb"]).fails().contains("failed to get domain 'sb'"));
+    assert!(
+        list.contains("sb2 shut off") && !list.contains("sb "),
+        "{list}"
+    );
+    assert!(virsh(&uri, &["dominfo", "sb"])
+        .fails()
+        .contains("failed to get domain 'sb'"));
     assert!(virsh(&uri, &["domrename", "sb2", "sa"])
         .fails()
         .contains("domain with name 'sa' already exists"));

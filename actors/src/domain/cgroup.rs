@@ -27,9 +27,8 @@ fn write(path: &Path, value: &str) -> Result<()> {
 }
 
 fn mkdir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|e| {
-        Error::System(format!("Unable to create cgroup '{}': {e}", path.display()))
-    })
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::System(format!("Unable to create cgroup '{}': {e}", path.display())))
 }
 
 /// The v1 mount of the `cpu` controller, if any.
@@ -79,7 +78,12 @@ pub fn domain_cpu_group(pid: i32, uuid: &Uuid) -> Result<CpuGroup> {
 impl CpuGroup {
     /// Applies a CPU share (weight under v2) and whole-domain bandwidth;
     /// `quota` -1 means unlimited.
-    pub fn apply(&self, shares: Option<u64>, period: Option<i64>, quota: Option<i64>) -> Result<()> {
+    pub fn apply(
+        &self,
+        shares: Option<u64>,
+        period: Option<i64>,
+        quota: Option<i64>,
+    ) -> Result<()> {
         if self.v2 {
             if let Some(s) = shares {
                 write(&self.dir.join("cpu.weight"), &s.to_string())?;

@@ -121,7 +121,12 @@ impl Registry {
     }
 
     /// Writes the persistent definition and publishes the new view.
-    fn commit(&mut self, uuid: &Uuid, persistent: Option<DomainDef>, live: Option<DomainDef>) -> Result<Arc<DomainView>> {
+    fn commit(
+        &mut self,
+        uuid: &Uuid,
+        persistent: Option<DomainDef>,
+        live: Option<DomainDef>,
+    ) -> Result<Arc<DomainView>> {
         if let Some(def) = persistent {
             self.store.save_definition(uuid, &def.to_xml(None))?;
             let e = self.entry(uuid)?;
@@ -153,7 +158,8 @@ impl Registry {
         kib: u64,
         flags: u32,
     ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
-        let ready = |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
+        let ready =
+            |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
         let t = match self.targets(&uuid, flags & (AFFECT_LIVE | AFFECT_CONFIG)) {
             Ok(t) => t,
             Err(e) => return ready(Err(e)),
@@ -242,7 +248,9 @@ impl Registry {
     fn set_vcpus(&mut self, uuid: Uuid, count: u32, flags: u32) -> Result<Arc<DomainView>> {
         let t = self.targets(&uuid, flags & (AFFECT_LIVE | AFFECT_CONFIG))?;
         if count == 0 {
-            return Err(Error::InvalidArg("argument unsupported: vcpus count must be greater than 0".into()));
+            return Err(Error::InvalidArg(
+                "argument unsupported: vcpus count must be greater than 0".into(),
+            ));
         }
         if t.live {
             return Err(Error::OperationUnsupported(
@@ -294,7 +302,8 @@ impl Registry {
                 }
                 metadata_kind::ELEMENT => {
                     let uri = uri.clone().unwrap_or_default();
-                    d.metadata = set_element(d.metadata.take(), &uri, key.as_deref(), value.as_deref())?;
+                    d.metadata =
+                        set_element(d.metadata.take(), &uri, key.as_deref(), value.as_deref())?;
                 }
                 other => {
                     return Err(Error::InvalidArg(format!(
@@ -317,7 +326,9 @@ impl Registry {
             .map_err(|e| Error::InvalidArg(e.to_string()))?;
         let e = self.entry(&uuid)?;
         if e.live.is_some() {
-            return Err(Error::OperationInvalid("cannot rename active domain".into()));
+            return Err(Error::OperationInvalid(
+                "cannot rename active domain".into(),
+            ));
         }
         if !e.persistent {
             return Err(Error::OperationInvalid(
@@ -357,7 +368,9 @@ fn set_element(
     value: Option<&str>,
 ) -> Result<Option<String>> {
     if uri.is_empty() {
-        return Err(Error::InvalidArg("argument unsupported: uri must not be empty".into()));
+        return Err(Error::InvalidArg(
+            "argument unsupported: uri must not be empty".into(),
+        ));
     }
     let inner = metadata
         .as_deref()
@@ -420,7 +433,8 @@ impl Handler<TuneOp> for Registry {
     type Result = ResponseActFuture<Self, Result<Arc<DomainView>>>;
 
     fn handle(&mut self, op: TuneOp, _: &mut Self::Context) -> Self::Result {
-        let ready = |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
+        let ready =
+            |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
         match op {
             TuneOp::SetMemory { uuid, kib, flags } => self.set_memory(uuid, kib, flags),
             TuneOp::SetVcpus { uuid, count, flags } => ready(self.set_vcpus(uuid, count, flags)),

@@ -40,7 +40,11 @@ pub fn procedures() -> Vec<Procedure> {
         call!(DOMAIN_BLOCK_STATS_FLAGS, Read, block_stats_flags),
         call!(DOMAIN_INTERFACE_STATS, Read, interface_stats),
         call!(DOMAIN_MEMORY_STATS, Read, memory_stats),
-        call!(DOMAIN_SET_MEMORY_STATS_PERIOD, Write, set_memory_stats_period),
+        call!(
+            DOMAIN_SET_MEMORY_STATS_PERIOD,
+            Write,
+            set_memory_stats_period
+        ),
         call!(DOMAIN_GET_CPU_STATS, Read, get_cpu_stats),
         call!(DOMAIN_GET_JOB_INFO, Read, get_job_info),
         call!(DOMAIN_GET_JOB_STATS, Read, get_job_stats),
@@ -72,8 +76,16 @@ pub mod group {
     /// Groups this daemon answers (perf, iothread and memory bandwidth
     /// have nothing to report for the domains qemud runs, as in libvirt
     /// when none is configured).
-    pub const SUPPORTED: u32 =
-        STATE | CPU_TOTAL | BALLOON | VCPU | INTERFACE | BLOCK | PERF | IOTHREAD | MEMORY | DIRTYRATE;
+    pub const SUPPORTED: u32 = STATE
+        | CPU_TOTAL
+        | BALLOON
+        | VCPU
+        | INTERFACE
+        | BLOCK
+        | PERF
+        | IOTHREAD
+        | MEMORY
+        | DIRTYRATE;
 }
 
 /// `virConnectGetAllDomainStatsFlags` beyond the listing filters.
@@ -106,10 +118,16 @@ struct Probe {
 
 /// vCPU thread ids by domain, remembered from the last answer of
 /// query-cpus-fast so a stopped QEMU's vCPU times can still be read.
-static VCPU_THREADS: LazyLock<Mutex<HashMap<Uuid, (i32, Vec<(u32, i32)>)>>> =
-    LazyLock::new(Default::default);
+type ThreadsByDomain = HashMap<Uuid, (i32, Vec<(u32, i32)>)>;
 
-async fn qmp(h: &LiveHandle, command: &'static str, arguments: Option<Value>, deadline: Duration) -> Option<Value> {
+static VCPU_THREADS: LazyLock<Mutex<ThreadsByDomain>> = LazyLock::new(Default::default);
+
+async fn qmp(
+    h: &LiveHandle,
+    command: &'static str,
+    arguments: Option<Value>,
+    deadline: Duration,
+) -> Option<Value> {
     let send = h.vm.send(QmpCommand { command, arguments });
     match tokio::time::timeout(deadline, send).await {
         Ok(Ok(Ok(v))) => Some(v),
@@ -130,7 +148,8 @@ async fn probe(h: &LiveHandle, groups: u32, deadline: Duration) -> Probe {
         },
         async {
             if want(group::BALLOON) && balloon_dev {
-                let args = json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats"});
+                let args =
+                    json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats"});
                 qmp(h, "qom-get", Some(args), deadline).await
             } else {
                 None
@@ -226,7 +245,11 @@ fn cached_threads(h: &LiveHandle) -> Vec<(u32, i32)> {
     VCPU_THREADS
         .lock()
         .ok()
-        .and_then(|m| m.get(&h.uuid).filter(|(pid, _)| *pid == h.pid).map(|(_, t)| t.clone()))
+        .and_then(|m| {
+            m.get(&h.uuid)
+                .filter(|(pid, _)| *pid == h.pid)
+                .map(|(_, t)| t.clone())
+        })
         .unwrap_or_default()
 }
 
@@ -291,7 +314,12 @@ const MEM_LAST_UPDATE: i32 = 9;
 /// counters (kibibytes), last update, then QEMU's resident set.
 fn memory_records(h: &LiveHandle, p: &Probe) -> Vec<(i32, u64)> {
     let mut out = Vec::new();
-    if let Some(actual) = p.balloon.as_ref().and_then(|b| b.get("actual")).and_then(Value::as_u64) {
+    if let Some(actual) = p
+        .balloon
+        .as_ref()
+        .and_then(|b| b.get("actual"))
+        .and_then(Value::as_u64)
+    {
         out.push((MEM_ACTUAL, actual / 1024));
     }
     if let Some(gs) = &p.guest_stats {
@@ -300,7 +328,11 @@ fn memory_records(h: &LiveHandle, p: &Probe) -> Vec<(i32, u64)> {
                 // -1: the guest does not report it.
                 let value = stats.get(*qemu_name).and_then(Value::as_u64);
                 if let Some(v) = value.filter(|v| *v != u64::MAX) {
-                    let v = if matches!(*tag, 0..=3 | 11 | 12) { v } else { v / 1024 };
+                    let v = if matches!(*tag, 0..=3 | 11 | 12) {
+                        v
+                    } else {
+                        v / 1024
+                    };
                     out.push((*tag, v));
                 }
             }
@@ -319,7 +351,10 @@ fn mem_tag_name(tag: i32) -> Option<&'static str> {
     match tag {
         MEM_RSS => Some("rss"),
         MEM_LAST_UPDATE => Some("last-update"),
-        t => MEM_TAGS.iter().find(|(x, _, _)| *x == t).map(|(_, n, _)| *n),
+        t => MEM_TAGS
+            .iter()
+            .find(|(x, _, _)| *x == t)
+            .map(|(_, n, _)| *n),
     }
 }
 
@@ -353,14 +388,16 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
             match &def_owned {
                 Some(d) => d,
                 None => {
-                    l.int("state.state", view.state as i32).int("state.reason", view.reason);
+                    l.int("state.state", view.state as i32)
+                        .int("state.reason", view.reason);
                     return l;
                 }
             }
         }
     };
     if groups & group::STATE != 0 {
-        l.int("state.state", view.state as i32).int("state.reason", view.reason);
+        l.int("state.state", view.state as i32)
+            .int("state.reason", view.reason);
     }
     if groups & group::CPU_TOTAL != 0 {
         if let Some((h, _)) = live {
@@ -396,7 +433,8 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
     }
     if groups & group::VCPU != 0 {
         let current = def.current_vcpus.min(def.vcpus).max(1);
-        l.uint("vcpu.current", current).uint("vcpu.maximum", def.vcpus);
+        l.uint("vcpu.current", current)
+            .uint("vcpu.maximum", def.vcpus);
         if let Some((h, _)) = live {
             let threads = cached_threads(h);
             for (i, tid) in threads {
@@ -488,7 +526,9 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
                 )
                 .string(
                     "dirtyrate.calc_mode",
-                    d.get("mode").and_then(Value::as_str).unwrap_or("page-sampling"),
+                    d.get("mode")
+                        .and_then(Value::as_str)
+                        .unwrap_or("page-sampling"),
                 );
             if status == 2 {
                 if let Some(r) = d.get("dirty-rate").and_then(Value::as_i64) {
@@ -527,7 +567,12 @@ pub struct DomainStats {
 /// Collects the records of `views` concurrently: one registry message for
 /// the live handles, then every running domain's monitor at once, each
 /// under `deadline`.
-pub async fn collect(svc: &Services, views: Vec<Arc<DomainView>>, groups: u32, deadline: Duration) -> Result<Vec<DomainStats>> {
+pub async fn collect(
+    svc: &Services,
+    views: Vec<Arc<DomainView>>,
+    groups: u32,
+    deadline: Duration,
+) -> Result<Vec<DomainStats>> {
     let handles: HashMap<Uuid, LiveHandle> = if views.iter().any(|v| v.is_active()) {
         svc.registry
             .send(LiveHandles { only: None })
@@ -587,7 +632,10 @@ async fn get_all_domain_stats(
         }
         v
     };
-    let views = views.into_iter().filter(|v| list_filter(v, filter)).collect();
+    let views = views
+        .into_iter()
+        .filter(|v| list_filter(v, filter))
+        .collect();
     let records = collect(&call.svc, views, groups, collect_deadline(&call.svc)).await?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
@@ -614,7 +662,11 @@ pub fn param_error(e: qemud_protocol::typed_params::ParamError) -> Error {
 }
 
 /// The running domain a call names, with its handle.
-async fn live(call: &Call, dom: &NonnullDomain, inactive_msg: &str) -> Result<(Arc<DomainView>, LiveHandle)> {
+async fn live(
+    call: &Call,
+    dom: &NonnullDomain,
+    inactive_msg: &str,
+) -> Result<(Arc<DomainView>, LiveHandle)> {
     let v = resolve(call, dom)?;
     if !v.is_active() {
         return Err(Error::OperationInvalid(inactive_msg.into()));
@@ -641,7 +693,11 @@ fn disk_index(def: &DomainDef, path: &str) -> Result<usize> {
         .ok_or_else(|| Error::InvalidArg(format!("invalid path: {path}")))
 }
 
-async fn blockstats_of(call: &Call, dom: &NonnullDomain, path: &str) -> Result<serde_json::Map<String, Value>> {
+async fn blockstats_of(
+    call: &Call,
+    dom: &NonnullDomain,
+    path: &str,
+) -> Result<serde_json::Map<String, Value>> {
     let (_, h) = live(call, dom, NOT_RUNNING).await?;
     let i = disk_index(&h.def, path)?;
     let list = qmp(&h, "query-blockstats", None, PROBE_DEADLINE)
@@ -651,7 +707,12 @@ async fn blockstats_of(call: &Call, dom: &NonnullDomain, path: &str) -> Result<s
         .and_then(|e| e.get("stats"))
         .and_then(Value::as_object)
         .cloned()
-        .ok_or_else(|| Error::Internal(format!("cannot find statistics for device '{}'", drive_id(i))))
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "cannot find statistics for device '{}'",
+                drive_id(i)
+            ))
+        })
 }
 
 async fn block_stats(call: &Call, a: DomainBlockStatsArgs) -> Result<DomainBlockStatsRet> {
@@ -667,7 +728,10 @@ async fn block_stats(call: &Call, a: DomainBlockStatsArgs) -> Result<DomainBlock
     })
 }
 
-async fn block_stats_flags(call: &Call, a: DomainBlockStatsFlagsArgs) -> Result<DomainBlockStatsFlagsRet> {
+async fn block_stats_flags(
+    call: &Call,
+    a: DomainBlockStatsFlagsArgs,
+) -> Result<DomainBlockStatsFlagsRet> {
     check_flags(a.flags, STRING_OKAY, "qemuDomainBlockStatsFlags")?;
     const FIELDS: &[(&str, &str)] = &[
         ("wr_bytes", "wr_bytes"),
@@ -698,7 +762,10 @@ async fn block_stats_flags(call: &Call, a: DomainBlockStatsFlagsArgs) -> Result<
     })
 }
 
-async fn interface_stats(call: &Call, a: DomainInterfaceStatsArgs) -> Result<DomainInterfaceStatsRet> {
+async fn interface_stats(
+    call: &Call,
+    a: DomainInterfaceStatsArgs,
+) -> Result<DomainInterfaceStatsRet> {
     let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
     let device = a.device.0.as_str();
     let found = h
@@ -708,7 +775,9 @@ async fn interface_stats(call: &Call, a: DomainInterfaceStatsArgs) -> Result<Dom
         .iter()
         .any(|n| n.mac.eq_ignore_ascii_case(device));
     if !found {
-        return Err(Error::InvalidArg(format!("'{device}' is not a known interface")));
+        return Err(Error::InvalidArg(format!(
+            "'{device}' is not a known interface"
+        )));
     }
     // Every NIC qemud starts today is user-mode networking: no host
     // interface carries its traffic, so there is nothing to count.
@@ -717,7 +786,9 @@ async fn interface_stats(call: &Call, a: DomainInterfaceStatsArgs) -> Result<Dom
 
 async fn memory_stats(call: &Call, a: DomainMemoryStatsArgs) -> Result<DomainMemoryStatsRet> {
     if a.max_stats as usize > DOMAIN_MEMORY_STATS_MAX {
-        return Err(Error::Rpc("maxStats > REMOTE_DOMAIN_MEMORY_STATS_MAX".into()));
+        return Err(Error::Rpc(
+            "maxStats > REMOTE_DOMAIN_MEMORY_STATS_MAX".into(),
+        ));
     }
     check_flags(a.flags, 0, "qemuDomainMemoryStats")?;
     let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
@@ -727,11 +798,17 @@ async fn memory_stats(call: &Call, a: DomainMemoryStatsArgs) -> Result<DomainMem
         .map(|(tag, val)| DomainMemoryStat { tag, val })
         .collect();
     stats.truncate(a.max_stats as usize);
-    Ok(DomainMemoryStatsRet { stats: XdrVec(stats) })
+    Ok(DomainMemoryStatsRet {
+        stats: XdrVec(stats),
+    })
 }
 
 async fn set_memory_stats_period(call: &Call, a: DomainSetMemoryStatsPeriodArgs) -> Result<()> {
-    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainSetMemoryStatsPeriod")?;
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainSetMemoryStatsPeriod",
+    )?;
     let v = resolve(call, &a.dom)?;
     let live_wanted = a.flags & AFFECT_LIVE != 0 || (a.flags & AFFECT_CONFIG == 0 && v.is_active());
     if a.flags & AFFECT_CONFIG != 0 || !live_wanted {
@@ -746,10 +823,15 @@ async fn set_memory_stats_period(call: &Call, a: DomainSetMemoryStatsPeriodArgs)
         ));
     }
     let args = json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval", "value": a.period.max(0)});
-    h.vm.send(QmpCommand { command: "qom-set", arguments: Some(args) })
-        .await
-        .map_err(|_| Error::OperationInvalid(NOT_RUNNING.into()))?
-        .map_err(|_| Error::OperationInvalid("unable to set balloon driver collection period".into()))?;
+    h.vm.send(QmpCommand {
+        command: "qom-set",
+        arguments: Some(args),
+    })
+    .await
+    .map_err(|_| Error::OperationInvalid(NOT_RUNNING.into()))?
+    .map_err(|_| {
+        Error::OperationInvalid("unable to set balloon driver collection period".into())
+    })?;
     Ok(())
 }
 
@@ -758,10 +840,15 @@ async fn get_cpu_stats(call: &Call, a: DomainGetCpuStatsArgs) -> Result<DomainGe
     let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
     if a.start_cpu != -1 {
         // Per-host-CPU accounting needs a cpuacct cgroup per domain.
-        return Err(Error::OperationInvalid("cgroup CPUACCT controller is not mounted".into()));
+        return Err(Error::OperationInvalid(
+            "cgroup CPUACCT controller is not mounted".into(),
+        ));
     }
     if a.nparams == 0 {
-        return Ok(DomainGetCpuStatsRet { params: XdrVec::default(), nparams: 3 });
+        return Ok(DomainGetCpuStatsRet {
+            params: XdrVec::default(),
+            nparams: 3,
+        });
     }
     let (user, sys, _, _) = proc_stat(&format!("/proc/{}/stat", h.pid)).unwrap_or_default();
     let mut l = ParamList::new();
@@ -770,7 +857,10 @@ async fn get_cpu_stats(call: &Call, a: DomainGetCpuStatsArgs) -> Result<DomainGe
         .ullong("system_time", sys);
     l.0.truncate(a.nparams as usize);
     let n = l.len() as i32;
-    Ok(DomainGetCpuStatsRet { params: XdrVec(l.0), nparams: n })
+    Ok(DomainGetCpuStatsRet {
+        params: XdrVec(l.0),
+        nparams: n,
+    })
 }
 
 async fn get_job_info(call: &Call, a: DomainGetJobInfoArgs) -> Result<DomainGetJobInfoRet> {
@@ -802,7 +892,10 @@ async fn get_job_stats(call: &Call, a: DomainGetJobStatsArgs) -> Result<DomainGe
     if a.flags & 1 == 0 && !v.is_active() {
         return Err(Error::OperationInvalid(NOT_RUNNING.into()));
     }
-    Ok(DomainGetJobStatsRet { type_: 0, params: XdrVec::default() })
+    Ok(DomainGetJobStatsRet {
+        type_: 0,
+        params: XdrVec::default(),
+    })
 }
 
 async fn get_block_info(call: &Call, a: DomainGetBlockInfoArgs) -> Result<DomainGetBlockInfoRet> {
@@ -812,10 +905,16 @@ async fn get_block_info(call: &Call, a: DomainGetBlockInfoArgs) -> Result<Domain
     let i = disk_index(&def, &a.path.0)?;
     let disk = &def.devices.disks[i];
     let Some(src) = disk.source.as_deref() else {
-        return Err(Error::OperationInvalid(format!("disk '{}' does not currently have a source assigned", disk.target_dev)));
+        return Err(Error::OperationInvalid(format!(
+            "disk '{}' does not currently have a source assigned",
+            disk.target_dev
+        )));
     };
-    let (size, alloc) = file_sizes(src)
-        .ok_or_else(|| Error::System(format!("cannot stat file '{src}': No such file or directory")))?;
+    let (size, alloc) = file_sizes(src).ok_or_else(|| {
+        Error::System(format!(
+            "cannot stat file '{src}': No such file or directory"
+        ))
+    })?;
     let mut capacity = size;
     if v.is_active() {
         if let Ok((_, h)) = live(call, &a.dom, NOT_RUNNING).await {
@@ -823,13 +922,20 @@ async fn get_block_info(call: &Call, a: DomainGetBlockInfoArgs) -> Result<Domain
                 .await
                 .as_ref()
                 .and_then(|b| by_device(Some(b), &drive_id(i)).cloned())
-                .and_then(|b| b.pointer("/inserted/image/virtual-size").and_then(Value::as_u64))
+                .and_then(|b| {
+                    b.pointer("/inserted/image/virtual-size")
+                        .and_then(Value::as_u64)
+                })
             {
                 capacity = c;
             }
         }
     }
-    Ok(DomainGetBlockInfoRet { allocation: alloc, capacity, physical: size })
+    Ok(DomainGetBlockInfoRet {
+        allocation: alloc,
+        capacity,
+        physical: size,
+    })
 }
 
 async fn block_resize(call: &Call, a: DomainBlockResizeArgs) -> Result<()> {
@@ -838,20 +944,24 @@ async fn block_resize(call: &Call, a: DomainBlockResizeArgs) -> Result<()> {
     let bytes = if a.flags & 1 != 0 {
         a.size
     } else {
-        a.size.checked_mul(1024).ok_or_else(|| {
-            Error::Other {
-                code: qemud_protocol::ErrorCode::Overflow,
-                domain: qemud_protocol::ErrorDomain::Qemu,
-                message: format!("value too large: size must be less than {}", u64::MAX / 1024),
-            }
+        a.size.checked_mul(1024).ok_or_else(|| Error::Other {
+            code: qemud_protocol::ErrorCode::Overflow,
+            domain: qemud_protocol::ErrorDomain::Qemu,
+            message: format!(
+                "value too large: size must be less than {}",
+                u64::MAX / 1024
+            ),
         })?
     };
     let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
     let i = disk_index(&h.def, &a.disk.0)?;
     let args = json!({"device": drive_id(i), "size": bytes});
-    h.vm.send(QmpCommand { command: "block_resize", arguments: Some(args) })
-        .await
-        .map_err(|_| Error::OperationInvalid(NOT_RUNNING.into()))??;
+    h.vm.send(QmpCommand {
+        command: "block_resize",
+        arguments: Some(args),
+    })
+    .await
+    .map_err(|_| Error::OperationInvalid(NOT_RUNNING.into()))??;
     Ok(())
 }
 
@@ -868,10 +978,16 @@ fn affinity(tid: i32, maplen: usize) -> Vec<u8> {
     let mut map = vec![0u8; maplen];
     // SAFETY: cpu_set_t is plain data; the kernel fills at most its size.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    let ok =
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
     for cpu in 0..(maplen * 8).min(libc::CPU_SETSIZE as usize) {
         // SAFETY: cpu is below CPU_SETSIZE.
-        let on = if ok { unsafe { libc::CPU_ISSET(cpu, &set) } } else { cpu < host_cpus() };
+        let on = if ok {
+            unsafe { libc::CPU_ISSET(cpu, &set) }
+        } else {
+            cpu < host_cpus()
+        };
         if on {
             map[cpu / 8] |= 1 << (cpu % 8);
         }
@@ -918,27 +1034,55 @@ async fn get_vcpus(call: &Call, a: DomainGetVcpusArgs) -> Result<DomainGetVcpusR
         return Err(Error::Internal("maxinfo > REMOTE_VCPUINFO_MAX".into()));
     }
     if a.maplen < 0 || (a.maxinfo as i64) * (a.maplen as i64) > CPUMAPS_MAX as i64 {
-        return Err(Error::Internal("maxinfo * maplen > REMOTE_CPUMAPS_MAX".into()));
+        return Err(Error::Internal(
+            "maxinfo * maplen > REMOTE_CPUMAPS_MAX".into(),
+        ));
     }
-    let (_, h) = live(call, &a.dom, "cannot retrieve vcpu information for inactive domain").await?;
+    let (_, h) = live(
+        call,
+        &a.dom,
+        "cannot retrieve vcpu information for inactive domain",
+    )
+    .await?;
     let threads = vcpu_threads(&h, PROBE_DEADLINE).await;
     let maplen = a.maplen as usize;
     let mut cpumaps = vec![0u8; a.maxinfo as usize * maplen];
     let mut info = Vec::new();
     for (n, (i, tid)) in threads.iter().take(a.maxinfo as usize).enumerate() {
-        let (user, sys, cpu, _) = proc_stat(&format!("/proc/{}/task/{tid}/stat", h.pid)).unwrap_or_default();
-        info.push(VcpuInfo { number: *i, state: 1, cpu_time: user + sys, cpu });
+        let (user, sys, cpu, _) =
+            proc_stat(&format!("/proc/{}/task/{tid}/stat", h.pid)).unwrap_or_default();
+        info.push(VcpuInfo {
+            number: *i,
+            state: 1,
+            cpu_time: user + sys,
+            cpu,
+        });
         if maplen > 0 {
             cpumaps[n * maplen..(n + 1) * maplen].copy_from_slice(&affinity(*tid, maplen));
         }
     }
-    Ok(DomainGetVcpusRet { info: XdrVec(info), cpumaps: Opaque(cpumaps) })
+    Ok(DomainGetVcpusRet {
+        info: XdrVec(info),
+        cpumaps: Opaque(cpumaps),
+    })
 }
 
-async fn get_vcpu_pin_info(call: &Call, a: DomainGetVcpuPinInfoArgs) -> Result<DomainGetVcpuPinInfoRet> {
-    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetVcpuPinInfo")?;
-    if a.ncpumaps < 0 || a.maplen < 0 || (a.ncpumaps as i64) * (a.maplen as i64) > CPUMAPS_MAX as i64 {
-        return Err(Error::Internal("maxinfo * maplen > REMOTE_CPUMAPS_MAX".into()));
+async fn get_vcpu_pin_info(
+    call: &Call,
+    a: DomainGetVcpuPinInfoArgs,
+) -> Result<DomainGetVcpuPinInfoRet> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainGetVcpuPinInfo",
+    )?;
+    if a.ncpumaps < 0
+        || a.maplen < 0
+        || (a.ncpumaps as i64) * (a.maplen as i64) > CPUMAPS_MAX as i64
+    {
+        return Err(Error::Internal(
+            "maxinfo * maplen > REMOTE_CPUMAPS_MAX".into(),
+        ));
     }
     let v = resolve(call, &a.dom)?;
     let live_wanted = match a.flags & (AFFECT_LIVE | AFFECT_CONFIG) {
@@ -972,7 +1116,10 @@ async fn get_vcpu_pin_info(call: &Call, a: DomainGetVcpuPinInfoArgs) -> Result<D
             maps[n * maplen..(n + 1) * maplen].copy_from_slice(&all);
         }
     }
-    Ok(DomainGetVcpuPinInfoRet { cpumaps: Opaque(maps), num: count as i32 })
+    Ok(DomainGetVcpuPinInfoRet {
+        cpumaps: Opaque(maps),
+        num: count as i32,
+    })
 }
 
 async fn pin(call: &Call, dom: &NonnullDomain, vcpu: u32, map: &[u8], flags: u32) -> Result<()> {
@@ -1013,8 +1160,15 @@ fn emulator_threads(h: &LiveHandle, vcpus: &[(u32, i32)]) -> Vec<i32> {
         .collect()
 }
 
-async fn get_emulator_pin_info(call: &Call, a: DomainGetEmulatorPinInfoArgs) -> Result<DomainGetEmulatorPinInfoRet> {
-    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetEmulatorPinInfo")?;
+async fn get_emulator_pin_info(
+    call: &Call,
+    a: DomainGetEmulatorPinInfoArgs,
+) -> Result<DomainGetEmulatorPinInfoRet> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainGetEmulatorPinInfo",
+    )?;
     if a.maplen < 0 || a.maplen as usize > CPUMAPS_MAX {
         return Err(Error::Internal("maplen > REMOTE_CPUMAPS_MAX".into()));
     }
@@ -1034,11 +1188,18 @@ async fn get_emulator_pin_info(call: &Call, a: DomainGetEmulatorPinInfoArgs) -> 
         }
         m
     };
-    Ok(DomainGetEmulatorPinInfoRet { cpumaps: Opaque(map), ret: 1 })
+    Ok(DomainGetEmulatorPinInfoRet {
+        cpumaps: Opaque(map),
+        ret: 1,
+    })
 }
 
 async fn pin_emulator(call: &Call, a: DomainPinEmulatorArgs) -> Result<()> {
-    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainPinEmulator")?;
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainPinEmulator",
+    )?;
     let v = resolve(call, &a.dom)?;
     if a.flags & AFFECT_CONFIG != 0 || (a.flags & AFFECT_LIVE == 0 && !v.is_active()) {
         return Err(Error::ConfigUnsupported(
@@ -1058,14 +1219,24 @@ async fn pin_emulator(call: &Call, a: DomainPinEmulatorArgs) -> Result<()> {
     Ok(())
 }
 
-async fn get_iothread_info(call: &Call, a: DomainGetIothreadInfoArgs) -> Result<DomainGetIothreadInfoRet> {
-    check_flags(a.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetIOThreadInfo")?;
+async fn get_iothread_info(
+    call: &Call,
+    a: DomainGetIothreadInfoArgs,
+) -> Result<DomainGetIothreadInfoRet> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainGetIOThreadInfo",
+    )?;
     let v = resolve(call, &a.dom)?;
     if a.flags & AFFECT_LIVE != 0 && !v.is_active() {
         return Err(Error::OperationInvalid(NOT_RUNNING.into()));
     }
     // qemud defines no <iothreads>.
-    Ok(DomainGetIothreadInfoRet { info: XdrVec::default(), ret: 0 })
+    Ok(DomainGetIothreadInfoRet {
+        info: XdrVec::default(),
+        ret: 0,
+    })
 }
 
 #[cfg(test)]

@@ -29,13 +29,21 @@ pub fn procedures() -> Vec<Procedure> {
         call!(DOMAIN_GET_METADATA, Read, get_metadata),
         call!(DOMAIN_RENAME, Write, rename),
         call!(DOMAIN_GET_SCHEDULER_TYPE, Read, get_scheduler_type),
-        call!(DOMAIN_GET_SCHEDULER_PARAMETERS, Read, get_scheduler_parameters),
+        call!(
+            DOMAIN_GET_SCHEDULER_PARAMETERS,
+            Read,
+            get_scheduler_parameters
+        ),
         call!(
             DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS,
             Read,
             get_scheduler_parameters_flags
         ),
-        call!(DOMAIN_SET_SCHEDULER_PARAMETERS, Write, set_scheduler_parameters),
+        call!(
+            DOMAIN_SET_SCHEDULER_PARAMETERS,
+            Write,
+            set_scheduler_parameters
+        ),
         call!(
             DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS,
             Write,
@@ -56,7 +64,15 @@ fn uuid(call: &Call, dom: &NonnullDomain) -> Result<uuid::Uuid> {
 
 async fn set_memory(call: &Call, a: DomainSetMemoryArgs) -> Result<()> {
     let uuid = uuid(call, &a.dom)?;
-    tune(call, TuneOp::SetMemory { uuid, kib: a.memory, flags: AFFECT_LIVE }).await
+    tune(
+        call,
+        TuneOp::SetMemory {
+            uuid,
+            kib: a.memory,
+            flags: AFFECT_LIVE,
+        },
+    )
+    .await
 }
 
 async fn set_memory_flags(call: &Call, a: DomainSetMemoryFlagsArgs) -> Result<()> {
@@ -66,19 +82,43 @@ async fn set_memory_flags(call: &Call, a: DomainSetMemoryFlagsArgs) -> Result<()
         "qemuDomainSetMemoryFlags",
     )?;
     let uuid = uuid(call, &a.dom)?;
-    tune(call, TuneOp::SetMemory { uuid, kib: a.memory, flags: a.flags }).await
+    tune(
+        call,
+        TuneOp::SetMemory {
+            uuid,
+            kib: a.memory,
+            flags: a.flags,
+        },
+    )
+    .await
 }
 
 async fn set_max_memory(call: &Call, a: DomainSetMaxMemoryArgs) -> Result<()> {
     let uuid = uuid(call, &a.dom)?;
-    tune(call, TuneOp::SetMemory { uuid, kib: a.memory, flags: MAXIMUM }).await
+    tune(
+        call,
+        TuneOp::SetMemory {
+            uuid,
+            kib: a.memory,
+            flags: MAXIMUM,
+        },
+    )
+    .await
 }
 
 // vCPUs.
 
 async fn set_vcpus(call: &Call, a: DomainSetVcpusArgs) -> Result<()> {
     let uuid = uuid(call, &a.dom)?;
-    tune(call, TuneOp::SetVcpus { uuid, count: a.nvcpus, flags: AFFECT_LIVE }).await
+    tune(
+        call,
+        TuneOp::SetVcpus {
+            uuid,
+            count: a.nvcpus,
+            flags: AFFECT_LIVE,
+        },
+    )
+    .await
 }
 
 async fn set_vcpus_flags(call: &Call, a: DomainSetVcpusFlagsArgs) -> Result<()> {
@@ -90,7 +130,15 @@ async fn set_vcpus_flags(call: &Call, a: DomainSetVcpusFlagsArgs) -> Result<()> 
         "qemuDomainSetVcpusFlags",
     )?;
     let uuid = uuid(call, &a.dom)?;
-    tune(call, TuneOp::SetVcpus { uuid, count: a.nvcpus, flags: a.flags }).await
+    tune(
+        call,
+        TuneOp::SetVcpus {
+            uuid,
+            count: a.nvcpus,
+            flags: a.flags,
+        },
+    )
+    .await
 }
 
 // Metadata.
@@ -135,7 +183,9 @@ async fn get_metadata(call: &Call, a: DomainGetMetadataArgs) -> Result<DomainGet
                 .and_then(|m| extract_element(m, &uri))
         }
         other => {
-            return Err(Error::InvalidArg(format!("unknown metadata type '{other}'")));
+            return Err(Error::InvalidArg(format!(
+                "unknown metadata type '{other}'"
+            )));
         }
     };
     match found {
@@ -154,7 +204,9 @@ async fn rename(call: &Call, a: DomainRenameArgs) -> Result<DomainRenameRet> {
     check_flags(a.flags, 0, "qemuDomainRename")?;
     let uuid = uuid(call, &a.dom)?;
     let Some(new_name) = a.new_name.map(|s| s.0) else {
-        return Err(Error::InvalidArg("new_name in virDomainRename must not be NULL".into()));
+        return Err(Error::InvalidArg(
+            "new_name in virDomainRename must not be NULL".into(),
+        ));
     };
     tune(call, TuneOp::Rename { uuid, new_name }).await?;
     Ok(DomainRenameRet { retcode: 0 })
@@ -174,7 +226,9 @@ fn cpu_cgroup(pid: i32) -> Option<(u64, u64, i64)> {
         if controllers.is_empty() {
             for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
                 let dir = std::path::Path::new(root).join(rel);
-                let Some(weight) = read(dir.join("cpu.weight")) else { continue };
+                let Some(weight) = read(dir.join("cpu.weight")) else {
+                    continue;
+                };
                 let max = read(dir.join("cpu.max")).unwrap_or_default();
                 let mut it = max.split_whitespace();
                 let quota = match it.next() {
@@ -307,7 +361,12 @@ async fn set_scheduler_parameters_flags(
 
 /// Validates every parameter first, so a bad list changes nothing, then
 /// writes them to the domain's own CPU cgroup.
-async fn set_scheduler(call: &Call, dom: &NonnullDomain, params: &[TypedParam], flags: u32) -> Result<()> {
+async fn set_scheduler(
+    call: &Call,
+    dom: &NonnullDomain,
+    params: &[TypedParam],
+    flags: u32,
+) -> Result<()> {
     typed_params::check_received(params, DOMAIN_SCHEDULER_PARAMETERS_MAX).map_err(param_error)?;
     typed_params::validate(params, SCHED_ACCEPTED).map_err(param_error)?;
     let v = resolve(call, dom)?;
@@ -407,9 +466,7 @@ pub fn namespaced_element(xml: &str, key: &str, uri: &str) -> Result<String> {
             "failed to validate prefix for a new XML namespace".into(),
         ));
     }
-    let doc = Document::parse(xml).map_err(|e| {
-        Error::Xml(format!("(metadata_xml):1: {e}"))
-    })?;
+    let doc = Document::parse(xml).map_err(|e| Error::Xml(format!("(metadata_xml):1: {e}")))?;
     let mut out = String::new();
     write_element(
         doc.root_element(),
