@@ -650,3 +650,59 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     assert_eq!(v.as_array().unwrap().len(), 2);
     virsh(&uri, &["destroy", "sa"]).ok();
 }
+
+#[test]
+fn setvcpus_live_hotplugs_a_cpu_the_guest_sees() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path();
+    let g = guest();
+    let log = dir.join("hp-serial.log");
+    let xml = format!(
+        "<domain type='{ty}'><name>hp</name><memory unit='MiB'>256</memory>\
+         <vcpu current='1'>2</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>\
+         <cmdline>console=ttyS0 panic=-1</cmdline></os><features><acpi/></features>\
+         <devices><serial type='pty'><log file='{log}' append='off'/></serial>\
+         <memballoon model='none'/></devices></domain>",
+        ty = domain_type(),
+        k = g.kernel.display(),
+        i = g.initrd.display(),
+        log = log.display(),
+    );
+    let x = write_xml(dir, "hp", &xml);
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    virsh(&uri, &["start", "hp"]).ok();
+    let pid = d.qemu_pid("hp");
+    let serial = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(120, "guest ready", || {
+        serial().contains("QEMUD-GUEST-READY")
+    });
+
+    assert!(virsh(&uri, &["setvcpus", "hp", "3", "--live"])
+        .fails()
+        .contains(
+            "requested vcpus is greater than max allowable vcpus for the live domain: 3 > 2"
+        ));
+    virsh(&uri, &["setvcpus", "hp", "2", "--live"]).ok();
+    let count = squash(virsh(&uri, &["vcpucount", "hp"]).ok());
+    assert!(count.contains("current live 2"), "{count}");
+    // QEMU has the thread and the guest kernel took the CPU.
+    vcpu_tid(pid, 1);
+    wait_until(30, "guest sees the CPU", || {
+        serial().contains("CPU1 has been hot-added")
+    });
+    let info = virsh(&uri, &["vcpuinfo", "hp"]);
+    assert_eq!(info.ok().matches("VCPU:").count(), 2);
+    // The persistent definition is untouched by a live change.
+    let inactive = virsh(&uri, &["dumpxml", "--inactive", "hp"]);
+    assert!(inactive.ok().contains("current='1'"), "{}", inactive.stdout);
+    virsh(&uri, &["setvcpus", "hp", "2", "--config"]).ok();
+    let inactive = virsh(&uri, &["dumpxml", "--inactive", "hp"]);
+    assert!(
+        !inactive.ok().contains("current='1'"),
+        "{}",
+        inactive.stdout
+    );
+    virsh(&uri, &["destroy", "hp"]).ok();
+}

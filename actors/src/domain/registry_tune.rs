@@ -245,35 +245,83 @@ impl Registry {
         });
     }
 
-    fn set_vcpus(&mut self, uuid: Uuid, count: u32, flags: u32) -> Result<Arc<DomainView>> {
+    fn set_vcpus(
+        &mut self,
+        uuid: Uuid,
+        count: u32,
+        flags: u32,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        match self.set_vcpus_prepare(uuid, count, flags) {
+            Err(e) => Box::pin(fut::ready(Err(e))),
+            Ok((config, None)) => Box::pin(fut::ready(self.commit(&uuid, config, None))),
+            Ok((config, Some(mut live))) => {
+                let vm = match self.vm(&uuid) {
+                    Ok(vm) => vm,
+                    Err(e) => return Box::pin(fut::ready(Err(e))),
+                };
+                Box::pin(
+                    hotplug_vcpus(vm, count)
+                        .into_actor(self)
+                        .map(move |res, act, _| {
+                            res?;
+                            live.current_vcpus = count;
+                            act.commit(&uuid, config, Some(live))
+                        }),
+                )
+            }
+        }
+    }
+
+    /// Checks a vCPU count change and returns the persistent definition
+    /// with the change made, and the live one when it must be hotplugged.
+    fn set_vcpus_prepare(
+        &mut self,
+        uuid: Uuid,
+        count: u32,
+        flags: u32,
+    ) -> Result<(Option<DomainDef>, Option<DomainDef>)> {
         let t = self.targets(&uuid, flags & (AFFECT_LIVE | AFFECT_CONFIG))?;
         if count == 0 {
             return Err(Error::InvalidArg(
-                "argument unsupported: vcpus count must be greater than 0".into(),
+                "nvcpus in virDomainSetVcpusFlags must not be zero".into(),
             ));
         }
-        if t.live {
-            return Err(Error::OperationUnsupported(
-                "changing the number of vCPUs of a running domain is not supported by this QEMU machine".into(),
-            ));
-        }
-        let (config, _) = self.defs(&uuid, &t)?;
-        let Some(mut def) = config else {
-            return Ok(self.publish(&uuid));
-        };
+        let (config, live) = self.defs(&uuid, &t)?;
         if flags & MAXIMUM != 0 {
-            def.vcpus = count;
-            def.current_vcpus = def.current_vcpus.min(count);
-        } else {
-            if count > def.vcpus {
+            if live.is_some() {
+                return Err(Error::OperationUnsupported(
+                    "maximum vcpu count of a live domain can't be modified".into(),
+                ));
+            }
+            let config = config.map(|mut d| {
+                d.vcpus = count;
+                d.current_vcpus = d.current_vcpus.min(count);
+                d
+            });
+            return Ok((config, None));
+        }
+        if let Some(l) = &live {
+            if count > l.vcpus {
                 return Err(Error::InvalidArg(format!(
-                    "requested vcpus is greater than max allowable vcpus for the persistent domain: {count} > {}",
-                    def.vcpus
+                    "requested vcpus is greater than max allowable vcpus for the live domain: {count} > {}",
+                    l.vcpus
                 )));
             }
-            def.current_vcpus = count;
         }
-        self.commit(&uuid, Some(def), None)
+        let config = match config {
+            Some(mut d) => {
+                if count > d.vcpus {
+                    return Err(Error::InvalidArg(format!(
+                        "requested vcpus is greater than max allowable vcpus for the persistent domain: {count} > {}",
+                        d.vcpus
+                    )));
+                }
+                d.current_vcpus = count;
+                Some(d)
+            }
+            None => None,
+        };
+        Ok((config, live))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -359,6 +407,84 @@ impl Registry {
     }
 }
 
+async fn qmp(
+    vm: &Addr<QemuVm>,
+    command: &'static str,
+    arguments: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    vm.send(QmpCommand { command, arguments })
+        .await
+        .map_err(|_| Error::OperationInvalid("domain is not running".into()))?
+}
+
+/// How long an unplugged vCPU may take to leave the guest.
+const UNPLUG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Plugs or unplugs vCPUs until QEMU has `count` of them: new ones are
+/// added in topology order with ids `vcpuN`; only those can leave again
+/// (the ones QEMU started with are not hot-unpluggable).
+async fn hotplug_vcpus(vm: Addr<QemuVm>, count: u32) -> Result<()> {
+    let slots = qmp(&vm, "query-hotpluggable-cpus", None).await?;
+    let mut slots: Vec<serde_json::Value> = slots.as_array().cloned().unwrap_or_default();
+    let key = |v: &serde_json::Value| {
+        let p = &v["props"];
+        let n = |k: &str| p.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+        (
+            n("node-id"),
+            n("socket-id"),
+            n("die-id"),
+            n("core-id"),
+            n("thread-id"),
+        )
+    };
+    slots.sort_by_key(key);
+    let plugged: Vec<usize> = (0..slots.len())
+        .filter(|i| slots[*i].get("qom-path").is_some())
+        .collect();
+    let want = count as usize;
+    if want > plugged.len() {
+        let free = (0..slots.len()).filter(|i| slots[*i].get("qom-path").is_none());
+        for i in free.take(want - plugged.len()) {
+            let slot = &slots[i];
+            let mut args = serde_json::Map::new();
+            args.insert("driver".into(), slot["type"].clone());
+            args.insert("id".into(), serde_json::Value::String(format!("vcpu{i}")));
+            if let Some(props) = slot["props"].as_object() {
+                for (k, v) in props {
+                    args.insert(k.clone(), v.clone());
+                }
+            }
+            qmp(&vm, "device_add", Some(serde_json::Value::Object(args))).await?;
+        }
+        return Ok(());
+    }
+    if want < plugged.len() {
+        for &i in plugged.iter().rev().take(plugged.len() - want) {
+            let path = slots[i]["qom-path"].as_str().unwrap_or("");
+            let Some(id) = path.strip_prefix("/machine/peripheral/") else {
+                return Err(Error::OperationInvalid(format!(
+                    "vcpu '{i}' can't be hotunplugged"
+                )));
+            };
+            qmp(&vm, "device_del", Some(serde_json::json!({ "id": id }))).await?;
+        }
+        let until = tokio::time::Instant::now() + UNPLUG_WAIT;
+        loop {
+            let cpus = qmp(&vm, "query-cpus-fast", None).await?;
+            if cpus.as_array().map(Vec::len).unwrap_or(0) <= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(Error::OperationFailed(
+                    "vcpu unplug request timed out. Unplug result must be manually inspected in the domain".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Sets, replaces or removes (value `None`) the custom element of namespace
 /// `uri` inside `<metadata>`, keeping the other elements.
 fn set_element(
@@ -437,7 +563,7 @@ impl Handler<TuneOp> for Registry {
             |r| -> ResponseActFuture<Self, Result<Arc<DomainView>>> { Box::pin(fut::ready(r)) };
         match op {
             TuneOp::SetMemory { uuid, kib, flags } => self.set_memory(uuid, kib, flags),
-            TuneOp::SetVcpus { uuid, count, flags } => ready(self.set_vcpus(uuid, count, flags)),
+            TuneOp::SetVcpus { uuid, count, flags } => self.set_vcpus(uuid, count, flags),
             TuneOp::SetMetadata {
                 uuid,
                 kind,
