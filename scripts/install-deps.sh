@@ -2,7 +2,8 @@
 # Installs what qemud and its test suite need on Debian: QEMU, the libvirt
 # clients the tests drive (virsh, python3-libvirt), what the test guest is
 # built from (a Debian kernel, busybox, cpio), and openssl/sshd/netcat for
-# the TLS and SSH transport tests. Idempotent.
+# the TLS and SSH transport tests, and Prometheus, which scrapes the
+# metrics endpoint in a test. Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -27,6 +28,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     openssh-server \
     openssh-client \
     netcat-openbsd \
+    prometheus \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

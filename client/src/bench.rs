@@ -333,7 +333,8 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
     }
     if a.stats_guests > 0 {
         rows.extend(
-            crate::bench_stats::measure(&c, uri, a.stats_guests, a.stats_calls, &ty, &prefix).await?,
+            crate::bench_stats::measure(&c, uri, a.stats_guests, a.stats_calls, &ty, &prefix)
+                .await?,
         );
     }
     c.undefine(&probe).await?;

@@ -226,6 +226,83 @@ fn parse_exposition(body: &str) -> Vec<(String, f64)> {
     samples
 }
 
+/// Plain HTTP GET of `path` on a local port; the body.
+fn get_body(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// Debian's Prometheus server scrapes the endpoint (it asks for
+/// OpenMetrics, which it parses strictly) and a PromQL query returns the
+/// guest's CPU time.
+fn prometheus_scrapes(port: u16, dir: &Path) {
+    let bin = Path::new("/usr/bin/prometheus");
+    if !bin.exists() {
+        eprintln!("prometheus is not installed (scripts/install-deps.sh installs it); skipping");
+        return;
+    }
+    let web = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: qemud\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prom").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = KillOnDrop(child);
+    let query =
+        "/api/v1/query?query=libvirt_domain_info_cpu_time_seconds_total%7Bdomain%3D%22sa%22%7D";
+    let mut last = String::new();
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(body) = get_body(web, query) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                let result = &v["data"]["result"];
+                if let Some(value) = result[0]["value"][1].as_str() {
+                    assert_eq!(result[0]["metric"]["job"], "qemud", "{body}");
+                    assert!(value.parse::<f64>().unwrap() > 0.0, "{body}");
+                    break;
+                }
+            }
+            last = body;
+        }
+        let targets = get_body(web, "/api/v1/targets").unwrap_or_default();
+        assert!(
+            Instant::now() < until,
+            "PromQL gave no CPU time: {last}\ntargets: {targets}\nlog: {}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Prometheus parsed the scrape without complaint.
+    let targets = get_body(web, "/api/v1/targets").unwrap_or_default();
+    assert!(targets.contains("\"health\":\"up\""), "{targets}");
+}
+
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -602,6 +679,8 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     assert!(body.ends_with("# EOF\n"), "{body}");
     assert!(body.contains("# TYPE libvirt_domain_info_cpu_time_seconds counter"));
     parse_exposition(body);
+
+    prometheus_scrapes(port, dir);
 
     // A stopped QEMU costs its own record the stats deadline, no more.
     nix::sys::signal::kill(
