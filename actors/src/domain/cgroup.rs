@@ -50,12 +50,30 @@ fn v2_root() -> Option<PathBuf> {
         })
 }
 
+/// Removes the groups of domains that have ended: rmdir only succeeds on
+/// a cgroup without processes, so live ones stay.
+fn remove_empty_groups(parent: &Path) {
+    if let Ok(dir) = std::fs::read_dir(parent) {
+        for e in dir.flatten() {
+            let path = e.path();
+            let is_domain = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| Uuid::parse_str(n).is_ok());
+            if is_domain && path.is_dir() {
+                let _ = std::fs::remove_dir(&path);
+            }
+        }
+    }
+}
+
 /// The domain's own CPU cgroup, moving QEMU (`pid`) into it if it is not
 /// there yet.
 pub fn domain_cpu_group(pid: i32, uuid: &Uuid) -> Result<CpuGroup> {
     let leaf = uuid.to_string();
     if let Some(root) = v2_root() {
         let slice = root.join("qemud");
+        remove_empty_groups(&slice);
         let dir = slice.join(&leaf);
         if !dir.exists() {
             write(&root.join("cgroup.subtree_control"), "+cpu")?;
@@ -67,6 +85,7 @@ pub fn domain_cpu_group(pid: i32, uuid: &Uuid) -> Result<CpuGroup> {
         return Ok(CpuGroup { dir, v2: true });
     }
     if let Some(root) = v1_cpu_root() {
+        remove_empty_groups(&root.join("qemud"));
         let dir = root.join("qemud").join(&leaf);
         mkdir(&dir)?;
         write(&dir.join("cgroup.procs"), &pid.to_string())?;

@@ -583,6 +583,12 @@ pub async fn collect(
     } else {
         HashMap::new()
     };
+    if let Ok(mut m) = VCPU_THREADS.lock() {
+        // Forget the threads of domains that no longer run.
+        if views.len() == svc.index.len() {
+            m.retain(|u, _| handles.contains_key(u));
+        }
+    }
     let jobs = views.into_iter().map(|view| {
         let h = handles.get(&view.uuid).cloned();
         async move {
