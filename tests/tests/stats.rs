@@ -512,6 +512,49 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
         );
     }
 
+    // memtune: the memory controller of QEMU's cgroup, changed in a cgroup
+    // of the domain's own; a hard limit above the swap limit is refused.
+    let mt = virsh(&uri, &["memtune", "sa"]);
+    if mt.status.success() {
+        assert!(squash(&mt.stdout).contains("hard_limit :"), "{}", mt.stdout);
+        let set = virsh(
+            &uri,
+            &[
+                "memtune",
+                "sa",
+                "--hard-limit",
+                "1048576",
+                "--swap-hard-limit",
+                "2097152",
+            ],
+        );
+        if set.status.success() {
+            let shown = squash(virsh(&uri, &["memtune", "sa"]).ok());
+            assert!(shown.contains("hard_limit : 1048576"), "{shown}");
+            let cg = std::fs::read_to_string(format!("/proc/{pid_a}/cgroup")).unwrap();
+            let line = cg
+                .lines()
+                .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+                .unwrap();
+            let uuid = virsh(&uri, &["domuuid", "sa"]).ok().trim().to_owned();
+            assert!(line.contains(&format!("qemud/{uuid}")), "{cg}");
+            assert!(virsh(&uri, &["memtune", "sa", "--hard-limit", "4194304"])
+                .fails()
+                .contains("must be lower than or equal to swap_hard_limit"));
+            let shown = squash(virsh(&uri, &["memtune", "sa"]).ok());
+            assert!(shown.contains("hard_limit : 1048576"), "{shown}");
+        } else {
+            assert!(set.stderr.contains("Unable to"), "{}", set.stderr);
+        }
+    } else {
+        assert!(
+            mt.stderr
+                .contains("cgroup memory controller is not mounted"),
+            "{}",
+            mt.stderr
+        );
+    }
+
     // Title, description and custom metadata, with metadata-change events.
     let mut events = Watcher::spawn(Command::new("virsh").arg("-c").arg(&uri).args([
         "event",

@@ -12,6 +12,7 @@ use qemud_protocol::typed_params::{self, Accepted, ParamList, ParamLookup, Param
 use qemud_protocol::xdr::{XdrString, XdrVec};
 
 use crate::call;
+use crate::domain::cgroup::{self, Controller, MEMORY_UNLIMITED_KIB};
 use crate::domain::procedures::resolve;
 use crate::domain::registry::tune::{metadata_kind, TuneOp, AFFECT_CONFIG, AFFECT_LIVE, MAXIMUM};
 use crate::error::{Error, Result};
@@ -49,6 +50,8 @@ pub fn procedures() -> Vec<Procedure> {
             Write,
             set_scheduler_parameters_flags
         ),
+        call!(DOMAIN_GET_MEMORY_PARAMETERS, Read, get_memory_parameters),
+        call!(DOMAIN_SET_MEMORY_PARAMETERS, Write, set_memory_parameters),
     ]
 }
 
@@ -215,46 +218,13 @@ async fn rename(call: &Call, a: DomainRenameArgs) -> Result<DomainRenameRet> {
 // Scheduler: what the kernel applies to QEMU's cgroup.
 
 /// The CPU controller settings of the cgroup QEMU runs in: (shares or
-/// weight, period, quota), from cgroup v2 or else the v1 `cpu` hierarchy.
+/// weight, period, quota).
 fn cpu_cgroup(pid: i32) -> Option<(u64, u64, i64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
-        let rel = rel.trim_start_matches('/');
-        if controllers.is_empty() {
-            for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-                let dir = std::path::Path::new(root).join(rel);
-                let Some(weight) = read(dir.join("cpu.weight")) else {
-                    continue;
-                };
-                let max = read(dir.join("cpu.max")).unwrap_or_default();
-                let mut it = max.split_whitespace();
-                let quota = match it.next() {
-                    Some("max") | None => -1,
-                    Some(q) => q.parse().unwrap_or(-1),
-                };
-                let period = it.next().and_then(|p| p.parse().ok()).unwrap_or(100_000);
-                return Some((weight.trim().parse().ok()?, period, quota));
-            }
-        } else if controllers.split(',').any(|c| c == "cpu") {
-            let dir = std::path::Path::new("/sys/fs/cgroup/cpu").join(rel);
-            let shares = read(dir.join("cpu.shares"))?.trim().parse().ok()?;
-            let period = read(dir.join("cpu.cfs_period_us"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(100_000);
-            let quota = read(dir.join("cpu.cfs_quota_us"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(-1);
-            return Some((shares, period, quota));
-        }
-    }
-    None
+    cgroup::current_group(pid, Controller::Cpu)?.cpu()
 }
 
 fn cpu_controller_missing() -> Error {
-    Error::OperationInvalid("cgroup CPU controller is not mounted".into())
+    Controller::Cpu.not_mounted()
 }
 
 /// The scheduler parameters libvirt lists for a QEMU domain.
@@ -423,8 +393,114 @@ async fn set_scheduler(
     let Some(pid) = v.pid else {
         return Err(Error::OperationInvalid("domain is not running".into()));
     };
-    let group = crate::domain::cgroup::domain_cpu_group(pid, &v.uuid)?;
-    group.apply(shares, period, quota)
+    cgroup::domain_group(pid, &v.uuid, Controller::Cpu)?.apply_cpu(shares, period, quota)
+}
+
+// Memory tuning: the memory controller of QEMU's cgroup.
+
+const MEMORY_ACCEPTED: &[Accepted] = &[
+    Accepted::one("hard_limit", ParamType::ULLong),
+    Accepted::one("soft_limit", ParamType::ULLong),
+    Accepted::one("swap_hard_limit", ParamType::ULLong),
+    Accepted::one("min_guarantee", ParamType::ULLong),
+];
+
+/// hard_limit, soft_limit and swap_hard_limit.
+const MEMORY_PARAMS: i32 = 3;
+
+/// Whether a call with these impact flags is about the live domain.
+fn wants_live(v: &crate::domain::index::DomainView, flags: u32) -> Result<bool> {
+    match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
+        0 => Ok(v.is_active()),
+        f if f == AFFECT_LIVE | AFFECT_CONFIG => Err(Error::InvalidArg(
+            "flags 'affect live' and 'affect config' are mutually exclusive".into(),
+        )),
+        f if f & AFFECT_LIVE != 0 && !v.is_active() => {
+            Err(Error::OperationInvalid("domain is not running".into()))
+        }
+        f => Ok(f & AFFECT_LIVE != 0),
+    }
+}
+
+async fn get_memory_parameters(
+    call: &Call,
+    a: DomainGetMemoryParametersArgs,
+) -> Result<DomainGetMemoryParametersRet> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG | typed_params::STRING_OKAY,
+        "qemuDomainGetMemoryParameters",
+    )?;
+    let v = resolve(call, &a.dom)?;
+    let live = wants_live(&v, a.flags)?;
+    if a.nparams == 0 {
+        return Ok(DomainGetMemoryParametersRet {
+            params: XdrVec::default(),
+            nparams: MEMORY_PARAMS,
+        });
+    }
+    let (hard, soft, swap) = if live {
+        let pid = v
+            .pid
+            .ok_or_else(|| Error::OperationInvalid("domain is not running".into()))?;
+        cgroup::current_group(pid, Controller::Memory)
+            .ok_or_else(|| Controller::Memory.not_mounted())?
+            .memory()
+    } else {
+        // The persistent definition holds no <memtune>.
+        (
+            MEMORY_UNLIMITED_KIB,
+            MEMORY_UNLIMITED_KIB,
+            MEMORY_UNLIMITED_KIB,
+        )
+    };
+    let mut l = ParamList::new();
+    l.ullong("hard_limit", hard)
+        .ullong("soft_limit", soft)
+        .ullong("swap_hard_limit", swap);
+    l.0.truncate(a.nparams.max(0) as usize);
+    let n = l.len() as i32;
+    Ok(DomainGetMemoryParametersRet {
+        params: XdrVec(l.0),
+        nparams: n,
+    })
+}
+
+async fn set_memory_parameters(call: &Call, a: DomainSetMemoryParametersArgs) -> Result<()> {
+    check_flags(
+        a.flags,
+        AFFECT_LIVE | AFFECT_CONFIG,
+        "qemuDomainSetMemoryParameters",
+    )?;
+    let params = &a.params.0;
+    typed_params::check_received(params, DOMAIN_MEMORY_PARAMETERS_MAX).map_err(param_error)?;
+    typed_params::validate(params, MEMORY_ACCEPTED).map_err(param_error)?;
+    let v = resolve(call, &a.dom)?;
+    if a.flags & AFFECT_CONFIG != 0 || !wants_live(&v, a.flags)? {
+        return Err(Error::ConfigUnsupported(
+            "memory tuning in the persistent definition is not supported".into(),
+        ));
+    }
+    if params.get_u64("min_guarantee").is_some() {
+        return Err(Error::ConfigUnsupported(
+            "QEMU does not support 'min_guarantee'".into(),
+        ));
+    }
+    let pid = v
+        .pid
+        .ok_or_else(|| Error::OperationInvalid("domain is not running".into()))?;
+    let current = cgroup::current_group(pid, Controller::Memory)
+        .ok_or_else(|| Controller::Memory.not_mounted())?
+        .memory();
+    let hard = params.get_u64("hard_limit");
+    let soft = params.get_u64("soft_limit");
+    let swap = params.get_u64("swap_hard_limit");
+    if hard.unwrap_or(current.0) > swap.unwrap_or(current.2) {
+        return Err(Error::InvalidArg(
+            "memory hard_limit tunable value must be lower than or equal to swap_hard_limit".into(),
+        ));
+    }
+    cgroup::domain_group(pid, &v.uuid, Controller::Memory)?.apply_memory(hard, soft, swap)
 }
 
 fn param_error(e: typed_params::ParamError) -> Error {
