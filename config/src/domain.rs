@@ -375,6 +375,7 @@ fn parse_u32_attr(el: Node, attr: &str, what: &str) -> Result<Option<u32>> {
 
 impl DomainDef {
     pub fn parse(xml: &str) -> Result<DomainDef> {
+        crate::xml_depth::check(xml, crate::xml_depth::MAX_DEPTH).map_err(DomainXmlError::Xml)?;
         let doc =
             roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::Xml(e.to_string()))?;
         let root = doc.root_element();

@@ -692,6 +692,24 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
             .unwrap_err();
         assert!(e.to_string().contains("vcpu 7 is out of range"), "{e}");
     });
+    // XML nested far deeper than libvirt's parser allows is refused
+    // without harming the daemon.
+    let deep = format!(
+        "<domain type='qemu'><name>deep</name><metadata>{}{}</metadata></domain>",
+        "<a>".repeat(200_000),
+        "</a>".repeat(200_000)
+    );
+    let deep = write_xml(dir, "deep", &deep);
+    assert!(virsh(&uri, &["define", deep.to_str().unwrap()])
+        .fails()
+        .contains("Excessive depth in document"));
+    let nested = format!("{}{}", "<a>".repeat(300), "</a>".repeat(300));
+    assert!(virsh(
+        &uri,
+        &["metadata", "sa", "urn:x", "--key", "x", "--set", &nested]
+    )
+    .fails()
+    .contains("Excessive depth in document"));
     assert_eq!(virsh(&uri, &["vcpupin", "sa"]).ok(), before_pins);
     assert_eq!(virsh(&uri, &["schedinfo", "sa"]).stdout, before_sched);
 

@@ -542,6 +542,8 @@ pub fn namespaced_element(xml: &str, key: &str, uri: &str) -> Result<String> {
             "failed to validate prefix for a new XML namespace".into(),
         ));
     }
+    qemud_config::xml_depth::check(xml, MAX_DEPTH)
+        .map_err(|e| Error::Xml(format!("(metadata_xml): {e}")))?;
     let doc = Document::parse(xml).map_err(|e| Error::Xml(format!("(metadata_xml):1: {e}")))?;
     let mut out = String::new();
     write_element(
@@ -557,6 +559,7 @@ pub fn namespaced_element(xml: &str, key: &str, uri: &str) -> Result<String> {
 /// The element of namespace `uri` in a stored `<metadata>`, without the
 /// namespace.
 pub fn extract_element(metadata: &str, uri: &str) -> Option<String> {
+    qemud_config::xml_depth::check(metadata, MAX_DEPTH + 1).ok()?;
     let doc = Document::parse(metadata).ok()?;
     let node = doc
         .root_element()
@@ -582,6 +585,8 @@ pub fn extract_element(metadata: &str, uri: &str) -> Option<String> {
 
 /// Writes an element; with `indent`, element-only content goes on lines
 /// of its own, two spaces per level, as libxml formats it.
+use qemud_config::xml_depth::MAX_DEPTH;
+
 fn write_element(
     node: Node,
     out: &mut String,
@@ -661,5 +666,7 @@ mod tests {
         assert_eq!(els[1].0, "urn:o");
         assert!(namespaced_element("<a/>", "1bad", "urn:a").is_err());
         assert!(namespaced_element("<a>", "k", "urn:a").is_err());
+        let deep = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));
+        assert!(namespaced_element(&deep, "k", "urn:a").is_err());
     }
 }
