@@ -632,11 +632,12 @@ async fn get_all_domain_stats(
     let views: Vec<Arc<DomainView>> = if a.doms.0.is_empty() {
         call.svc.index.all()
     } else {
-        let mut v = Vec::new();
-        for d in &a.doms.0 {
-            v.push(call.svc.index.resolve(d)?);
-        }
-        v
+        // Like libvirt, domains that vanished meanwhile are left out.
+        a.doms
+            .0
+            .iter()
+            .filter_map(|d| call.svc.index.resolve(d).ok())
+            .collect()
     };
     let views = views
         .into_iter()
