@@ -219,6 +219,10 @@ pub struct DomainDef {
     pub on_reboot: LifecycleAction,
     pub on_crash: LifecycleAction,
     pub devices: Devices,
+    /// `<cputune>`: CPU share, bandwidth and pinning.
+    pub cputune: crate::tune::CpuTune,
+    /// `<memtune>`: memory limits.
+    pub memtune: crate::tune::MemTune,
 }
 
 /// Run-time facts shown in the XML of a running domain.
@@ -428,6 +432,8 @@ impl DomainDef {
             },
         };
         check_boot_order(&os, &devices)?;
+        let cputune = crate::tune::parse_cputune(root, vcpus).map_err(invalid)?;
+        let memtune = crate::tune::parse_memtune(root).map_err(invalid)?;
         Ok(DomainDef {
             domain_type,
             name,
@@ -448,6 +454,8 @@ impl DomainDef {
             on_reboot: action("on_reboot", LifecycleAction::Restart)?,
             on_crash: action("on_crash", LifecycleAction::Destroy)?,
             devices,
+            cputune,
+            memtune,
         })
     }
 
@@ -494,6 +502,7 @@ impl DomainDef {
             "  <currentMemory unit='KiB'>{}</currentMemory>",
             self.current_memory_kib
         );
+        crate::tune::format_memtune(&self.memtune, &mut x);
         if self.current_vcpus == self.vcpus {
             let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", self.vcpus);
         } else {
@@ -503,6 +512,7 @@ impl DomainDef {
                 self.current_vcpus, self.vcpus
             );
         }
+        crate::tune::format_cputune(&self.cputune, &mut x);
         self.format_os(&mut x);
         if self.features != Features::default() {
             x.push_str("  <features>\n");

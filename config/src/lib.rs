@@ -2,4 +2,5 @@
 
 pub mod domain;
 pub mod settings;
+pub mod tune;
 pub mod xml_depth;

@@ -781,6 +781,52 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
         .fails()
         .contains("domain with name 'sa' already exists"));
 
+    // Tuning stored in the persistent definition applies at the next start.
+    virsh(&uri, &["vcpupin", "sb2", "0", "0", "--config"]).ok();
+    virsh(&uri, &["emulatorpin", "sb2", "0", "--config"]).ok();
+    let cgroups = sched.status.success();
+    if cgroups {
+        virsh(
+            &uri,
+            &["schedinfo", "sb2", "--config", "--set", "cpu_shares=300"],
+        )
+        .ok();
+    }
+    if mt.status.success() {
+        virsh(
+            &uri,
+            &["memtune", "sb2", "--config", "--hard-limit", "2000000"],
+        )
+        .ok();
+        assert!(squash(virsh(&uri, &["memtune", "sb2", "--config"]).ok())
+            .contains("hard_limit : 2000000"));
+    }
+    let inactive = virsh(&uri, &["dumpxml", "--inactive", "sb2"]);
+    let inactive = inactive.ok();
+    assert!(
+        inactive.contains("<vcpupin vcpu='0' cpuset='0'/>"),
+        "{inactive}"
+    );
+    assert!(inactive.contains("<emulatorpin cpuset='0'/>"), "{inactive}");
+    assert!(squash(virsh(&uri, &["vcpupin", "sb2", "--config"]).ok()).contains("0 0"));
+    virsh(&uri, &["start", "sb2"]).ok();
+    let pid = d.qemu_pid("sb2");
+    let tid = vcpu_tid(pid, 0);
+    wait_until(10, "pinning applied at start", || {
+        cpus_allowed(pid, tid) == "0" && cpus_allowed(pid, pid) == "0"
+    });
+    if cgroups {
+        wait_until(10, "cpu shares applied at start", || {
+            squash(&virsh(&uri, &["schedinfo", "sb2"]).stdout).contains("cpu_shares : 300")
+        });
+    }
+    if mt.status.success() {
+        wait_until(10, "memory limit applied at start", || {
+            squash(&virsh(&uri, &["memtune", "sb2"]).stdout).contains("hard_limit : 2000000")
+        });
+    }
+    virsh(&uri, &["destroy", "sb2"]).ok();
+
     // qemuctl speaks the same procedures.
     let q = qemuctl(&uri, &["--json", "domstats", "sa", "--balloon"]);
     let v: serde_json::Value = serde_json::from_str(q.ok()).unwrap();

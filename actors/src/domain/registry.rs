@@ -383,6 +383,7 @@ impl Registry {
         paused: bool,
         ctx: &mut Context<Self>,
     ) -> Result<Arc<DomainView>> {
+        crate::domain::tuning::apply_at_start(launched.pid, launched.qmp.clone(), uuid, &def);
         let run = self.next_run;
         self.next_run += 1;
         let id = self.next_id;

@@ -90,6 +90,31 @@ pub enum TuneOp {
     },
     /// `virDomainRename`.
     Rename { uuid: Uuid, new_name: String },
+    /// A tuning change of the persistent definition.
+    EditConfig { uuid: Uuid, edit: ConfigEdit },
+}
+
+/// Tuning changes stored in the persistent definition (`<cputune>`,
+/// `<memtune>`); None removes a setting.
+#[derive(Debug)]
+pub enum ConfigEdit {
+    VcpuPin {
+        vcpu: u32,
+        cpuset: String,
+    },
+    EmulatorPin {
+        cpuset: String,
+    },
+    Scheduler {
+        shares: Option<u64>,
+        period: Option<i64>,
+        quota: Option<i64>,
+    },
+    Memory {
+        hard: Option<u64>,
+        soft: Option<u64>,
+        swap: Option<u64>,
+    },
 }
 
 /// Which definitions a change applies to (`virDomainObjGetDefs`).
@@ -369,6 +394,62 @@ impl Registry {
         Ok(v)
     }
 
+    fn edit_config(&mut self, uuid: Uuid, edit: ConfigEdit) -> Result<Arc<DomainView>> {
+        let t = self.targets(&uuid, AFFECT_CONFIG)?;
+        let (Some(mut def), _) = self.defs(&uuid, &t)? else {
+            return Ok(self.publish(&uuid));
+        };
+        match edit {
+            ConfigEdit::VcpuPin { vcpu, cpuset } => {
+                if vcpu >= def.vcpus {
+                    return Err(Error::InvalidArg(format!(
+                        "vcpu {vcpu} is out of range of persistent cpu count {}",
+                        def.vcpus
+                    )));
+                }
+                def.cputune.set_vcpu(vcpu, Some(cpuset));
+            }
+            ConfigEdit::EmulatorPin { cpuset } => def.cputune.emulatorpin = Some(cpuset),
+            ConfigEdit::Scheduler {
+                shares,
+                period,
+                quota,
+            } => {
+                if shares.is_some() {
+                    def.cputune.shares = shares;
+                }
+                if let Some(p) = period {
+                    def.cputune.global_period = Some(p as u64);
+                }
+                if quota.is_some() {
+                    def.cputune.global_quota = quota;
+                }
+            }
+            ConfigEdit::Memory { hard, soft, swap } => {
+                let m = &mut def.memtune;
+                let unlimited =
+                    |v: u64| (v < crate::domain::cgroup::MEMORY_UNLIMITED_KIB).then_some(v);
+                if let Some(h) = hard {
+                    m.hard_limit = unlimited(h);
+                }
+                if let Some(s) = soft {
+                    m.soft_limit = unlimited(s);
+                }
+                if let Some(s) = swap {
+                    m.swap_hard_limit = unlimited(s);
+                }
+                if let (Some(h), Some(s)) = (m.hard_limit, m.swap_hard_limit) {
+                    if h > s {
+                        return Err(Error::InvalidArg(
+                            "memory hard_limit tunable value must be lower than or equal to swap_hard_limit".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        self.commit(&uuid, Some(def), None)
+    }
+
     fn rename(&mut self, uuid: Uuid, new_name: String) -> Result<Arc<DomainView>> {
         qemud_config::domain::validate_name(&new_name)
             .map_err(|e| Error::InvalidArg(e.to_string()))?;
@@ -573,6 +654,7 @@ impl Handler<TuneOp> for Registry {
                 flags,
             } => ready(self.set_metadata(uuid, kind, value, key, uri, flags)),
             TuneOp::Rename { uuid, new_name } => ready(self.rename(uuid, new_name)),
+            TuneOp::EditConfig { uuid, edit } => ready(self.edit_config(uuid, edit)),
         }
     }
 }

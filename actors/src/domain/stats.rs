@@ -27,7 +27,9 @@ use crate::call;
 use crate::domain::index::{list_filter, DomainView};
 use crate::domain::procedures::resolve;
 use crate::domain::qemu::QmpCommand;
-use crate::domain::registry::tune::{LiveHandle, LiveHandles, AFFECT_CONFIG, AFFECT_LIVE};
+use crate::domain::registry::tune::{
+    ConfigEdit, LiveHandle, LiveHandles, TuneOp, AFFECT_CONFIG, AFFECT_LIVE,
+};
 use crate::error::{Error, Result};
 use crate::rpc::wire::check_flags;
 use crate::rpc::{Call, Procedure};
@@ -974,7 +976,7 @@ async fn block_resize(call: &Call, a: DomainBlockResizeArgs) -> Result<()> {
 
 // vCPUs and thread affinity.
 
-fn host_cpus() -> usize {
+pub(crate) fn host_cpus() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
     n.max(1) as usize
@@ -1002,7 +1004,7 @@ fn affinity(tid: i32, maplen: usize) -> Vec<u8> {
     map
 }
 
-fn set_affinity(pid: i32, tid: i32, map: &[u8]) -> Result<()> {
+pub(crate) fn set_affinity(pid: i32, tid: i32, map: &[u8]) -> Result<()> {
     // SAFETY: as above.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for (i, byte) in map.iter().enumerate() {
@@ -1027,6 +1029,44 @@ fn set_affinity(pid: i32, tid: i32, map: &[u8]) -> Result<()> {
 fn errno_text(e: &std::io::Error) -> String {
     let s = e.to_string();
     s.split(" (os error").next().unwrap_or(&s).to_string()
+}
+
+/// The CPUs a map selects, as a libvirt CPU list.
+fn map_to_cpuset(map: &[u8]) -> String {
+    let cpus: Vec<usize> = (0..map.len() * 8)
+        .filter(|c| map[c / 8] & (1 << (c % 8)) != 0)
+        .collect();
+    qemud_config::tune::format_cpuset(&cpus)
+}
+
+/// A libvirt CPU list as a map of `maplen` bytes.
+pub(crate) fn cpuset_to_map(cpuset: &str, maplen: usize) -> Vec<u8> {
+    let mut m = vec![0u8; maplen];
+    for cpu in qemud_config::tune::parse_cpuset(cpuset).unwrap_or_default() {
+        if cpu / 8 < maplen {
+            m[cpu / 8] |= 1 << (cpu % 8);
+        }
+    }
+    m
+}
+
+/// The persistent definition of a domain (the only one when inactive).
+fn persistent_def(v: &DomainView) -> Result<DomainDef> {
+    if !v.persistent {
+        return Err(Error::OperationInvalid(
+            "transient domains do not have any persistent config".into(),
+        ));
+    }
+    DomainDef::parse(v.inactive_xml.as_deref().unwrap_or(&v.xml))
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+async fn edit_config(call: &Call, uuid: Uuid, edit: ConfigEdit) -> Result<()> {
+    call.svc
+        .registry
+        .send(TuneOp::EditConfig { uuid, edit })
+        .await?
+        .map(drop)
 }
 
 fn check_map(map: &[u8]) -> Result<()> {
@@ -1118,9 +1158,14 @@ async fn get_vcpu_pin_info(
             maps[n * maplen..(n + 1) * maplen].copy_from_slice(&map);
         }
     } else {
-        count = (v.max_vcpus as usize).min(a.ncpumaps as usize);
+        let def = persistent_def(&v)?;
+        count = (def.vcpus as usize).min(a.ncpumaps as usize);
         for n in 0..count {
-            maps[n * maplen..(n + 1) * maplen].copy_from_slice(&all);
+            let map = match def.cputune.vcpu(n as u32) {
+                Some(cpuset) => cpuset_to_map(cpuset, maplen),
+                None => all.clone(),
+            };
+            maps[n * maplen..(n + 1) * maplen].copy_from_slice(&map);
         }
     }
     Ok(DomainGetVcpuPinInfoRet {
@@ -1132,10 +1177,18 @@ async fn get_vcpu_pin_info(
 async fn pin(call: &Call, dom: &NonnullDomain, vcpu: u32, map: &[u8], flags: u32) -> Result<()> {
     check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainPinVcpuFlags")?;
     let v = resolve(call, dom)?;
-    if flags & AFFECT_CONFIG != 0 || (flags & AFFECT_LIVE == 0 && !v.is_active()) {
-        return Err(Error::ConfigUnsupported(
-            "vCPU pinning in the persistent definition is not supported".into(),
-        ));
+    let (live_wanted, config) = impact(&v, flags)?;
+    check_map(map)?;
+    if !live_wanted {
+        return edit_config(
+            call,
+            v.uuid,
+            ConfigEdit::VcpuPin {
+                vcpu,
+                cpuset: map_to_cpuset(map),
+            },
+        )
+        .await;
     }
     let (_, h) = live(call, dom, NOT_RUNNING).await?;
     let threads = vcpu_threads(&h, PROBE_DEADLINE).await;
@@ -1145,8 +1198,36 @@ async fn pin(call: &Call, dom: &NonnullDomain, vcpu: u32, map: &[u8], flags: u32
             threads.len()
         )));
     };
-    check_map(map)?;
-    set_affinity(h.pid, *tid, map)
+    set_affinity(h.pid, *tid, map)?;
+    if config {
+        edit_config(
+            call,
+            v.uuid,
+            ConfigEdit::VcpuPin {
+                vcpu,
+                cpuset: map_to_cpuset(map),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `virDomainModificationImpact`: (live, config) for a domain.
+fn impact(v: &DomainView, flags: u32) -> Result<(bool, bool)> {
+    let (live, config) = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
+        0 => (v.is_active(), !v.is_active()),
+        f => (f & AFFECT_LIVE != 0, f & AFFECT_CONFIG != 0),
+    };
+    if live && !v.is_active() {
+        return Err(Error::OperationInvalid(NOT_RUNNING.into()));
+    }
+    if config && !v.persistent {
+        return Err(Error::OperationInvalid(
+            "transient domains do not have any persistent config".into(),
+        ));
+    }
+    Ok((live, config))
 }
 
 async fn pin_vcpu(call: &Call, a: DomainPinVcpuArgs) -> Result<()> {
@@ -1189,11 +1270,16 @@ async fn get_emulator_pin_info(
         let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
         affinity(h.pid, maplen)
     } else {
-        let mut m = vec![0u8; maplen];
-        for cpu in 0..host_cpus().min(maplen * 8) {
-            m[cpu / 8] |= 1 << (cpu % 8);
+        match persistent_def(&v)?.cputune.emulatorpin {
+            Some(cpuset) => cpuset_to_map(&cpuset, maplen),
+            None => {
+                let mut m = vec![0u8; maplen];
+                for cpu in 0..host_cpus().min(maplen * 8) {
+                    m[cpu / 8] |= 1 << (cpu % 8);
+                }
+                m
+            }
         }
-        m
     };
     Ok(DomainGetEmulatorPinInfoRet {
         cpumaps: Opaque(map),
@@ -1208,12 +1294,12 @@ async fn pin_emulator(call: &Call, a: DomainPinEmulatorArgs) -> Result<()> {
         "qemuDomainPinEmulator",
     )?;
     let v = resolve(call, &a.dom)?;
-    if a.flags & AFFECT_CONFIG != 0 || (a.flags & AFFECT_LIVE == 0 && !v.is_active()) {
-        return Err(Error::ConfigUnsupported(
-            "emulator pinning in the persistent definition is not supported".into(),
-        ));
-    }
+    let (live_wanted, config) = impact(&v, a.flags)?;
     check_map(&a.cpumap.0)?;
+    let cpuset = map_to_cpuset(&a.cpumap.0);
+    if !live_wanted {
+        return edit_config(call, v.uuid, ConfigEdit::EmulatorPin { cpuset }).await;
+    }
     let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
     let vcpus = vcpu_threads(&h, PROBE_DEADLINE).await;
     let threads = emulator_threads(&h, &vcpus);
@@ -1222,6 +1308,9 @@ async fn pin_emulator(call: &Call, a: DomainPinEmulatorArgs) -> Result<()> {
     for tid in threads.into_iter().filter(|t| *t != h.pid) {
         // A helper thread may exit meanwhile.
         let _ = set_affinity(h.pid, tid, &a.cpumap.0);
+    }
+    if config {
+        edit_config(call, v.uuid, ConfigEdit::EmulatorPin { cpuset }).await?;
     }
     Ok(())
 }

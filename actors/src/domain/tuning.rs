@@ -13,11 +13,17 @@ use qemud_protocol::xdr::{XdrString, XdrVec};
 
 use crate::call;
 use crate::domain::cgroup::{self, Controller, MEMORY_UNLIMITED_KIB};
+use crate::domain::index::DomainView;
 use crate::domain::procedures::resolve;
-use crate::domain::registry::tune::{metadata_kind, TuneOp, AFFECT_CONFIG, AFFECT_LIVE, MAXIMUM};
+use crate::domain::qmp::QmpClient;
+use crate::domain::registry::tune::{
+    metadata_kind, ConfigEdit, TuneOp, AFFECT_CONFIG, AFFECT_LIVE, MAXIMUM,
+};
+use crate::domain::stats::{cpuset_to_map, set_affinity};
 use crate::error::{Error, Result};
 use crate::rpc::wire::check_flags;
 use crate::rpc::{Call, Procedure};
+use tracing::warn;
 
 pub fn procedures() -> Vec<Procedure> {
     vec![
@@ -259,7 +265,12 @@ fn scheduler_params(call: &Call, dom: &NonnullDomain, flags: u32) -> Result<Vec<
         };
         cpu_cgroup(pid).ok_or_else(cpu_controller_missing)?
     } else {
-        (0, 0, 0)
+        let t = persistent_def(&v)?.cputune;
+        (
+            t.shares.unwrap_or(0),
+            t.global_period.unwrap_or(0),
+            t.global_quota.unwrap_or(0),
+        )
     };
     let mut l = ParamList::new();
     l.ullong("cpu_shares", shares);
@@ -340,20 +351,7 @@ async fn set_scheduler(
     typed_params::check_received(params, DOMAIN_SCHEDULER_PARAMETERS_MAX).map_err(param_error)?;
     typed_params::validate(params, SCHED_ACCEPTED).map_err(param_error)?;
     let v = resolve(call, dom)?;
-    let live = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
-        0 => v.is_active(),
-        f => {
-            if f & AFFECT_LIVE != 0 && !v.is_active() {
-                return Err(Error::OperationInvalid("domain is not running".into()));
-            }
-            f == AFFECT_LIVE
-        }
-    };
-    if !live {
-        return Err(Error::ConfigUnsupported(
-            "CPU tuning in the persistent definition is not supported".into(),
-        ));
-    }
+    let (live, config) = impact(&v, flags)?;
     let mut shares = None;
     let mut period = None;
     let mut quota = None;
@@ -390,10 +388,49 @@ async fn set_scheduler(
             }
         }
     }
-    let Some(pid) = v.pid else {
-        return Err(Error::OperationInvalid("domain is not running".into()));
+    if live {
+        let Some(pid) = v.pid else {
+            return Err(Error::OperationInvalid("domain is not running".into()));
+        };
+        cgroup::domain_group(pid, &v.uuid, Controller::Cpu)?.apply_cpu(shares, period, quota)?;
+    }
+    if config {
+        let edit = ConfigEdit::Scheduler {
+            shares,
+            period,
+            quota,
+        };
+        tune(call, TuneOp::EditConfig { uuid: v.uuid, edit }).await?;
+    }
+    Ok(())
+}
+
+/// `virDomainModificationImpact`: (live, config) for a domain.
+fn impact(v: &DomainView, flags: u32) -> Result<(bool, bool)> {
+    let (live, config) = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
+        0 => (v.is_active(), !v.is_active()),
+        f => (f & AFFECT_LIVE != 0, f & AFFECT_CONFIG != 0),
     };
-    cgroup::domain_group(pid, &v.uuid, Controller::Cpu)?.apply_cpu(shares, period, quota)
+    if live && !v.is_active() {
+        return Err(Error::OperationInvalid("domain is not running".into()));
+    }
+    if config && !v.persistent {
+        return Err(Error::OperationInvalid(
+            "transient domains do not have any persistent config".into(),
+        ));
+    }
+    Ok((live, config))
+}
+
+/// The persistent definition of a domain (the only one when inactive).
+fn persistent_def(v: &DomainView) -> Result<DomainDef> {
+    if !v.persistent {
+        return Err(Error::OperationInvalid(
+            "transient domains do not have any persistent config".into(),
+        ));
+    }
+    DomainDef::parse(v.inactive_xml.as_deref().unwrap_or(&v.xml))
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 // Memory tuning: the memory controller of QEMU's cgroup.
@@ -447,11 +484,12 @@ async fn get_memory_parameters(
             .ok_or_else(|| Controller::Memory.not_mounted())?
             .memory()
     } else {
-        // The persistent definition holds no <memtune>.
+        let m = persistent_def(&v)?.memtune;
+        let or_unlimited = |x: Option<u64>| x.unwrap_or(MEMORY_UNLIMITED_KIB);
         (
-            MEMORY_UNLIMITED_KIB,
-            MEMORY_UNLIMITED_KIB,
-            MEMORY_UNLIMITED_KIB,
+            or_unlimited(m.hard_limit),
+            or_unlimited(m.soft_limit),
+            or_unlimited(m.swap_hard_limit),
         )
     };
     let mut l = ParamList::new();
@@ -476,31 +514,100 @@ async fn set_memory_parameters(call: &Call, a: DomainSetMemoryParametersArgs) ->
     typed_params::check_received(params, DOMAIN_MEMORY_PARAMETERS_MAX).map_err(param_error)?;
     typed_params::validate(params, MEMORY_ACCEPTED).map_err(param_error)?;
     let v = resolve(call, &a.dom)?;
-    if a.flags & AFFECT_CONFIG != 0 || !wants_live(&v, a.flags)? {
-        return Err(Error::ConfigUnsupported(
-            "memory tuning in the persistent definition is not supported".into(),
-        ));
-    }
+    let (live, config) = impact(&v, a.flags)?;
     if params.get_u64("min_guarantee").is_some() {
         return Err(Error::ConfigUnsupported(
             "QEMU does not support 'min_guarantee'".into(),
         ));
     }
-    let pid = v
-        .pid
-        .ok_or_else(|| Error::OperationInvalid("domain is not running".into()))?;
-    let current = cgroup::current_group(pid, Controller::Memory)
-        .ok_or_else(|| Controller::Memory.not_mounted())?
-        .memory();
     let hard = params.get_u64("hard_limit");
     let soft = params.get_u64("soft_limit");
     let swap = params.get_u64("swap_hard_limit");
-    if hard.unwrap_or(current.0) > swap.unwrap_or(current.2) {
-        return Err(Error::InvalidArg(
-            "memory hard_limit tunable value must be lower than or equal to swap_hard_limit".into(),
-        ));
+    if live {
+        let pid = v
+            .pid
+            .ok_or_else(|| Error::OperationInvalid("domain is not running".into()))?;
+        let current = cgroup::current_group(pid, Controller::Memory)
+            .ok_or_else(|| Controller::Memory.not_mounted())?
+            .memory();
+        if hard.unwrap_or(current.0) > swap.unwrap_or(current.2) {
+            return Err(Error::InvalidArg(
+                "memory hard_limit tunable value must be lower than or equal to swap_hard_limit"
+                    .into(),
+            ));
+        }
+        cgroup::domain_group(pid, &v.uuid, Controller::Memory)?.apply_memory(hard, soft, swap)?;
     }
-    cgroup::domain_group(pid, &v.uuid, Controller::Memory)?.apply_memory(hard, soft, swap)
+    if config {
+        let edit = ConfigEdit::Memory { hard, soft, swap };
+        tune(call, TuneOp::EditConfig { uuid: v.uuid, edit }).await?;
+    }
+    Ok(())
+}
+
+/// Applies a definition's `<cputune>` and `<memtune>` to a QEMU that just
+/// started: vCPU and emulator pinning, then the domain's own cgroups. A
+/// failure is logged; the domain keeps running untuned.
+pub fn apply_at_start(pid: i32, qmp: QmpClient, uuid: uuid::Uuid, def: &DomainDef) {
+    let (ct, mt) = (def.cputune.clone(), def.memtune.clone());
+    if ct.is_empty() && mt.is_empty() {
+        return;
+    }
+    // Maps wide enough for every CPU a cpuset may name.
+    const MAPLEN: usize = 128;
+    actix_rt::spawn(async move {
+        if !ct.vcpupin.is_empty() || ct.emulatorpin.is_some() {
+            let threads: Vec<(u32, i32)> = match qmp.execute("query-cpus-fast", None).await {
+                Ok(list) => list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| {
+                        Some((
+                            c.get("cpu-index")?.as_u64()? as u32,
+                            c.get("thread-id")?.as_i64()? as i32,
+                        ))
+                    })
+                    .collect(),
+                Err(e) => {
+                    warn!(pid, "cannot pin vCPUs: {e}");
+                    Vec::new()
+                }
+            };
+            for (vcpu, cpuset) in &ct.vcpupin {
+                if let Some((_, tid)) = threads.iter().find(|(i, _)| i == vcpu) {
+                    if let Err(e) = set_affinity(pid, *tid, &cpuset_to_map(cpuset, MAPLEN)) {
+                        warn!(pid, vcpu, "{e}");
+                    }
+                }
+            }
+            if let Some(cpuset) = &ct.emulatorpin {
+                let map = cpuset_to_map(cpuset, MAPLEN);
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+                for tid in tasks.filter(|t| !threads.iter().any(|(_, v)| v == t)) {
+                    let _ = set_affinity(pid, tid, &map);
+                }
+            }
+        }
+        if ct.shares.is_some() || ct.global_period.is_some() || ct.global_quota.is_some() {
+            let period = ct.global_period.map(|p| p as i64);
+            let r = cgroup::domain_group(pid, &uuid, Controller::Cpu)
+                .and_then(|g| g.apply_cpu(ct.shares, period, ct.global_quota));
+            if let Err(e) = r {
+                warn!(pid, "cannot apply <cputune>: {e}");
+            }
+        }
+        if !mt.is_empty() {
+            let r = cgroup::domain_group(pid, &uuid, Controller::Memory)
+                .and_then(|g| g.apply_memory(mt.hard_limit, mt.soft_limit, mt.swap_hard_limit));
+            if let Err(e) = r {
+                warn!(pid, "cannot apply <memtune>: {e}");
+            }
+        }
+    });
 }
 
 fn param_error(e: typed_params::ParamError) -> Error {
