@@ -131,9 +131,9 @@ pub fn parse_cputune(root: Node, vcpus: u32) -> Result<CpuTune, String> {
     };
     if let Some(p) = t.global_period {
         if !(1000..=1_000_000).contains(&p) {
-            return Err(format!(
-                "Value of cputune 'global_period' must be in range [1000, 1000000]"
-            ));
+            return Err(
+                "Value of cputune 'global_period' must be in range [1000, 1000000]".to_string(),
+            );
         }
     }
     for pin in ct.children().filter(|c| c.has_tag_name("vcpupin")) {
