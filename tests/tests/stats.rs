@@ -427,6 +427,9 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
         "rss {rss} vs VmRSS {vmrss}"
     );
 
+    // The balloon's statistics period is set in QEMU.
+    virsh(&uri, &["dommemstat", "sa", "--period", "2", "--live"]).ok();
+
     // domblkstat agrees with domstats.
     let blk = virsh(&uri, &["domblkstat", "sa", "vda"]);
     let blk = squash(blk.ok());
