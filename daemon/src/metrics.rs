@@ -378,6 +378,49 @@ const NET_METRICS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The host's CPU time by mode and available memory, from /proc.
+fn host_usage(f: &mut Family) {
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        if let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) {
+            let ticks: Vec<f64> = cpu
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // SAFETY: sysconf has no memory-safety preconditions.
+            let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as f64;
+            let name = "qemud_host_cpu_seconds_total";
+            f.begin(name, "counter", "CPU time of the host by mode.");
+            for (i, mode) in [
+                "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+            ]
+            .iter()
+            .enumerate()
+            {
+                if let Some(t) = ticks.get(i) {
+                    f.sample(name, &[("mode", mode)], t / hz);
+                }
+            }
+        }
+    }
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+        let kib = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        };
+        if let Some(v) = kib("MemAvailable:") {
+            f.begin(
+                "qemud_host_memory_available_bytes",
+                "gauge",
+                "Memory available on the host.",
+            );
+            f.sample("qemud_host_memory_available_bytes", &[], v * KIB);
+        }
+    }
+}
+
 /// The whole exposition.
 pub async fn render(svc: &Services, openmetrics: bool) -> String {
     let started = Instant::now();
@@ -413,6 +456,8 @@ pub async fn render(svc: &Services, openmetrics: bool) -> String {
         &[],
         svc.host.memory_kib as f64 * KIB,
     );
+
+    host_usage(&mut f);
 
     let labels = |d: &DomainStats| (d.view.name.clone(), d.view.uuid.to_string());
     for (metric, kind, help, field, scale) in DOMAIN_METRICS {

@@ -729,6 +729,8 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     assert!(cpu.1 > 0.0);
     for name in [
         "libvirt_up ",
+        "qemud_host_cpu_seconds_total{mode=\"idle\"}",
+        "qemud_host_memory_available_bytes ",
         "libvirt_domain_info_memory_usage_bytes{domain=\"sb\"",
         "libvirt_domain_info_virtual_cpus{domain=\"sa\"",
         "libvirt_domain_vcpu_time_seconds_total{domain=\"sa\"",
