@@ -766,6 +766,9 @@ for dom, st in c.domainListGetStats([d], libvirt.VIR_DOMAIN_STATS_VCPU | libvirt
     assert!(took < Duration::from_secs(6), "domstats took {took:?}");
     assert!(stat(&rows, "sa", "block.0.rd.reqs").is_some(), "{rows:?}");
     assert_eq!(stat(&rows, "sb", "state.state").as_deref(), Some("1"));
+    // What the kernel knows needs no monitor.
+    assert!(stat_u64(&rows, "sb", "cpu.time") > 0);
+    assert!(stat(&rows, "sb", "vcpu.0.time").is_some(), "{rows:?}");
     assert!(metrics.contains("libvirt_domain_info_cpu_time_seconds_total{domain=\"sb\""));
 
     // Rename: refused while running, done once shut off.

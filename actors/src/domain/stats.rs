@@ -244,7 +244,7 @@ async fn vcpu_threads(h: &LiveHandle, deadline: Duration) -> Vec<(u32, i32)> {
 }
 
 fn cached_threads(h: &LiveHandle) -> Vec<(u32, i32)> {
-    VCPU_THREADS
+    let cached = VCPU_THREADS
         .lock()
         .ok()
         .and_then(|m| {
@@ -252,7 +252,30 @@ fn cached_threads(h: &LiveHandle) -> Vec<(u32, i32)> {
                 .filter(|(pid, _)| *pid == h.pid)
                 .map(|(_, t)| t.clone())
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if cached.is_empty() {
+        named_vcpu_threads(h.pid)
+    } else {
+        cached
+    }
+}
+
+/// vCPU threads by name: QEMU runs with debug-threads=on, which names
+/// them "CPU N/TCG" or "CPU N/KVM"; used when the monitor has not answered.
+fn named_vcpu_threads(pid: i32) -> Vec<(u32, i32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<(u32, i32)> = dir
+        .filter_map(|e| {
+            let tid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            let n = comm.strip_prefix("CPU ")?.split('/').next()?.parse().ok()?;
+            Some((n, tid))
+        })
+        .collect();
+    threads.sort();
+    threads
 }
 
 fn clock_ticks() -> u64 {
