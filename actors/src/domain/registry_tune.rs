@@ -321,6 +321,9 @@ impl Registry {
             let config = config.map(|mut d| {
                 d.vcpus = count;
                 d.current_vcpus = d.current_vcpus.min(count);
+                // Pins of vCPUs that no longer exist would make the
+                // definition invalid.
+                d.cputune.vcpupin.retain(|(v, _)| *v < count);
                 d
             });
             return Ok((config, None));
