@@ -2,8 +2,9 @@
 # Installs what qemud and its test suite need on Debian: QEMU, the libvirt
 # clients the tests drive (virsh, python3-libvirt), what the test guest is
 # built from (a Debian kernel, busybox, cpio), and openssl/sshd/netcat for
-# the TLS and SSH transport tests, iproute2 for tests in network namespaces
-# and pci.ids for node device names. Idempotent.
+# the TLS and SSH transport tests, iproute2 for tests in network namespaces,
+# pci.ids for node device names, and Prometheus, which scrapes the metrics
+# endpoint in a test. Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -46,6 +47,11 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     docker.io \
     docker-compose \
     debootstrap \
+    >/dev/null
+
+# Prometheus scrapes the metrics endpoint in a test.
+$SUDO apt-get install -y -qq --no-install-recommends \
+    prometheus \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

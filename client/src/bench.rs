@@ -38,6 +38,12 @@ pub struct BenchArgs {
     /// Events generated in the event phase.
     #[arg(long, default_value_t = 20)]
     pub events: usize,
+    /// Running firmware-only guests for the all-domain stats phase; 0 skips.
+    #[arg(long, default_value_t = 0)]
+    pub stats_guests: usize,
+    /// Calls per measurement of the all-domain stats phase.
+    #[arg(long, default_value_t = 20)]
+    pub stats_calls: usize,
     /// Domain type of the bench domains: kvm or qemu (default: kvm when /dev/kvm is usable).
     #[arg(long)]
     pub domain_type: Option<String>,
@@ -53,7 +59,7 @@ pub struct Row {
     pub max_us: f64,
 }
 
-fn row(phase: &str, mut samples: Vec<Duration>, wall: Option<Duration>) -> Row {
+pub(crate) fn row(phase: &str, mut samples: Vec<Duration>, wall: Option<Duration>) -> Row {
     samples.sort();
     let pick = |q: f64| {
         if samples.is_empty() {
@@ -324,6 +330,12 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         ));
         rows.push(row("destroy", destroy, None));
         rows.push(row("undefine", undef, None));
+    }
+    if a.stats_guests > 0 {
+        rows.extend(
+            crate::bench_stats::measure(&c, uri, a.stats_guests, a.stats_calls, &ty, &prefix)
+                .await?,
+        );
     }
     c.undefine(&probe).await?;
     Ok(rows)

@@ -4,6 +4,7 @@
 //! talks to qemud and to libvirtd alike.
 
 pub mod bench;
+pub mod bench_stats;
 pub mod client;
 pub mod transport;
 

@@ -4,6 +4,8 @@ mod soak;
 
 use std::process::ExitCode;
 
+mod stats_cmds;
+
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -110,6 +112,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Mixed load for a set time; the daemon's RSS, fds, threads and QEMUs before and after.
     Soak(soak::SoakArgs),
+    #[command(flatten)]
+    Stats(stats_cmds::StatsCmd),
     #[command(flatten)]
     Objects(ObjectCmd),
     #[command(flatten)]
@@ -692,6 +696,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::Objects(cmd) => objects(c, cmd, json).await?,
+        Cmd::Stats(cmd) => stats_cmds::run(c, cmd, json).await?,
         Cmd::Bench(_) | Cmd::Soak(_) => unreachable!("handled above"),
         Cmd::Host(cmd) => run_host(c, cmd, json).await?,
     }

@@ -224,6 +224,10 @@ pub struct DomainDef {
     pub on_reboot: LifecycleAction,
     pub on_crash: LifecycleAction,
     pub devices: Devices,
+    /// `<cputune>`: CPU share, bandwidth and pinning.
+    pub cputune: crate::tune::CpuTune,
+    /// `<memtune>`: memory limits.
+    pub memtune: crate::tune::MemTune,
 }
 
 /// Run-time facts shown in the XML of a running domain.
@@ -440,6 +444,7 @@ fn parse_u32_attr(el: Node, attr: &str, what: &str) -> Result<Option<u32>> {
 
 impl DomainDef {
     pub fn parse(xml: &str) -> Result<DomainDef> {
+        crate::xml_depth::check(xml, crate::xml_depth::MAX_DEPTH).map_err(DomainXmlError::Xml)?;
         let doc =
             roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::Xml(e.to_string()))?;
         let root = doc.root_element();
@@ -492,6 +497,8 @@ impl DomainDef {
             },
         };
         check_boot_order(&os, &devices)?;
+        let cputune = crate::tune::parse_cputune(root, vcpus).map_err(invalid)?;
+        let memtune = crate::tune::parse_memtune(root).map_err(invalid)?;
         Ok(DomainDef {
             domain_type,
             name,
@@ -512,6 +519,8 @@ impl DomainDef {
             on_reboot: action("on_reboot", LifecycleAction::Restart)?,
             on_crash: action("on_crash", LifecycleAction::Destroy)?,
             devices,
+            cputune,
+            memtune,
         })
     }
 
@@ -558,6 +567,7 @@ impl DomainDef {
             "  <currentMemory unit='KiB'>{}</currentMemory>",
             self.current_memory_kib
         );
+        crate::tune::format_memtune(&self.memtune, &mut x);
         if self.current_vcpus == self.vcpus {
             let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", self.vcpus);
         } else {
@@ -567,6 +577,7 @@ impl DomainDef {
                 self.current_vcpus, self.vcpus
             );
         }
+        crate::tune::format_cputune(&self.cputune, &mut x);
         self.format_os(&mut x);
         if self.features != Features::default() {
             x.push_str("  <features>\n");

@@ -7,3 +7,5 @@ pub mod interface;
 pub mod nodedev;
 pub mod secret;
 pub mod settings;
+pub mod tune;
+pub mod xml_depth;

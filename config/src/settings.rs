@@ -123,6 +123,12 @@ pub struct Settings {
     /// "text" (coloured only on a terminal) or "json" (one object per
     /// line, for journald and container log collectors).
     pub log_format: String,
+    /// `host:port` of the Prometheus/OpenMetrics endpoint (`GET /metrics`);
+    /// None (the default) serves none.
+    pub metrics_addr: Option<String>,
+    /// How long statistics wait for one domain's monitor, in milliseconds;
+    /// a domain that does not answer in time gets a partial record.
+    pub stats_timeout_ms: u64,
 }
 
 fn session_dirs() -> (PathBuf, PathBuf) {
@@ -177,6 +183,8 @@ impl Settings {
             max_total_queue_bytes: 32 * 1024 * 1024,
             client_stall_timeout_ms: 30_000,
             log_format: "text".into(),
+            metrics_addr: None,
+            stats_timeout_ms: 1500,
         }
     }
 

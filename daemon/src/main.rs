@@ -5,6 +5,7 @@
 
 mod listeners;
 mod lock;
+mod metrics;
 mod tls;
 
 use std::path::PathBuf;
@@ -197,6 +198,12 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
             return 1;
         }
     };
+    if let Some(addr) = &settings.metrics_addr {
+        if let Err(e) = metrics::start(svc.clone(), addr).await {
+            error!("{e}");
+            return 1;
+        }
+    }
     if let Some(p) = &pid_file {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             error!("cannot write pid file {}: {e}", p.display());

@@ -11,6 +11,7 @@ pub mod keepalive;
 pub mod procinfo;
 pub mod qemu;
 pub mod remote;
+pub mod typed_params;
 pub mod uri;
 pub mod xdr;
 

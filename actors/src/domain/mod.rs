@@ -4,10 +4,13 @@
 //! definition into QEMU's arguments; [`store`] persists definitions and
 //! live records. [`procedures`] holds the table rows.
 
+pub mod cgroup;
 pub mod cmdline;
 pub mod index;
 pub mod procedures;
 pub mod qemu;
 pub mod qmp;
 pub mod registry;
+pub mod stats;
 pub mod store;
+pub mod tuning;

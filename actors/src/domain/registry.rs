@@ -437,6 +437,7 @@ impl Registry {
         paused: bool,
         ctx: &mut Context<Self>,
     ) -> Result<Arc<DomainView>> {
+        crate::domain::tuning::apply_at_start(launched.pid, launched.qmp.clone(), uuid, &def);
         let run = self.next_run;
         self.next_run += 1;
         let id = self.next_id;
@@ -715,6 +716,7 @@ impl Registry {
                 // VIR_DOMAIN_EVENT_CRASHED / PANICKED.
                 self.lifecycle(&uuid, 8, 0);
             }
+            "BALLOON_CHANGE" => self.balloon_changed(&uuid, data),
             _ => {}
         }
     }
@@ -1390,3 +1392,8 @@ impl Handler<VmNotice> for Registry {
         }
     }
 }
+
+// Statistics and tuning messages (handles of running VMs, memory, vCPUs,
+// metadata, rename) live in their own file.
+#[path = "registry_tune.rs"]
+pub mod tune;

@@ -197,6 +197,7 @@ mod tests {
             memory_kib: 1024,
             host_uuid: "00000000-0000-0000-0000-000000000001".into(),
             probes: Default::default(),
+            capabilities_xml: Default::default(),
         };
         assert_eq!(h.node_info().model[0], b'x' as i8);
     }

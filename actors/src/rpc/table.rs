@@ -140,6 +140,8 @@ fn all_rows() -> Vec<Procedure> {
     rows.extend(super::connect::procedures());
     rows.extend(crate::host::procedures::procedures());
     rows.extend(crate::domain::procedures::procedures());
+    rows.extend(crate::domain::stats::procedures());
+    rows.extend(crate::domain::tuning::procedures());
     rows.extend(crate::network::procedures());
     rows.extend(crate::storage::procedures());
     rows.extend(crate::secret::procedures());
