@@ -37,6 +37,8 @@ pub struct Services {
     pub index: Arc<domain::index::DomainIndex>,
     pub registry: Addr<domain::registry::Registry>,
     pub events: Addr<events::EventBus>,
+    /// The storage driver, owner of every pool and volume.
+    pub storage: Addr<storage::driver::StorageDriver>,
     /// The driver URI clients get from `virConnectGetURI`.
     pub uri: String,
 }

@@ -130,6 +130,11 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index.clone(),
         events.clone(),
     ));
+    let storage = actix::Actor::start(qemud_actors::storage::driver::StorageDriver::new(
+        &settings.state_dir,
+        &settings.run_dir,
+        events.clone(),
+    ));
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",
@@ -140,6 +145,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index,
         registry,
         events,
+        storage,
         uri: uri.to_owned(),
     });
 
