@@ -109,8 +109,11 @@ pub struct CpuTopology {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskDef {
-    /// "file" or "block".
+    /// "file", "block" or "volume".
     pub source_type: String,
+    /// For `type='volume'`: the storage pool and volume; the daemon fills
+    /// `source` (and `format`, unless given) from the volume at start.
+    pub volume: Option<VolumeSource>,
     /// "disk" or "cdrom".
     pub device: String,
     /// "raw" or "qcow2".
@@ -123,6 +126,15 @@ pub struct DiskDef {
     pub readonly: bool,
     /// Per-device `<boot order='N'/>`.
     pub boot_order: Option<u32>,
+}
+
+/// `<source pool='P' volume='V'/>` of a `type='volume'` disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSource {
+    pub pool: String,
+    pub volume: String,
+    /// No `<driver type=...>` was given: the volume's format applies.
+    pub format_from_volume: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -602,7 +614,14 @@ impl DomainDef {
                 "      <driver name='qemu' type='{}'/>",
                 esc_attr(&disk.format)
             );
-            if let Some(src) = &disk.source {
+            if let Some(v) = &disk.volume {
+                let _ = writeln!(
+                    x,
+                    "      <source pool='{}' volume='{}'/>",
+                    esc_attr(&v.pool),
+                    esc_attr(&v.volume)
+                );
+            } else if let Some(src) = &disk.source {
                 let attr = if disk.source_type == "block" {
                     "dev"
                 } else {
@@ -1053,7 +1072,7 @@ fn check_pty(el: Node, what: &str) -> Result<()> {
 
 fn parse_disk(el: Node) -> Result<DiskDef> {
     let source_type = el.attribute("type").unwrap_or("file").to_owned();
-    if source_type != "file" && source_type != "block" {
+    if !["file", "block", "volume"].contains(&source_type.as_str()) {
         return Err(unsupported(format!(
             "disk type '{source_type}' is not supported"
         )));
@@ -1088,11 +1107,39 @@ fn parse_disk(el: Node) -> Result<DiskDef> {
             return Err(unsupported(format!("<{tag}> disks are not supported")));
         }
     }
-    let source = child(el, "source")
-        .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    if source.is_none() && device != "cdrom" {
+    let volume = if source_type == "volume" {
+        let src = child(el, "source");
+        let attr = |name: &str| {
+            src.and_then(|s| s.attribute(name))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        match (attr("pool"), attr("volume")) {
+            (Some(pool), Some(volume)) => Some(VolumeSource {
+                pool,
+                volume,
+                format_from_volume: driver.and_then(|d| d.attribute("type")).is_none(),
+            }),
+            (None, _) if src.is_some() => {
+                return Err(invalid("missing 'pool' attribute for volume source"))
+            }
+            (_, None) if src.is_some() => {
+                return Err(invalid("missing 'volume' attribute for volume source"))
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let source = if volume.is_some() {
+        None
+    } else {
+        child(el, "source")
+            .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    if source.is_none() && volume.is_none() && device != "cdrom" {
         return Err(invalid("disk source is missing"));
     }
     let target = child(el, "target").ok_or_else(|| invalid("missing disk target element"))?;
@@ -1115,6 +1162,7 @@ fn parse_disk(el: Node) -> Result<DiskDef> {
         readonly: child(el, "readonly").is_some() || device == "cdrom",
         boot_order: parse_boot_order(el)?,
         source_type,
+        volume,
         device,
         format,
         source,

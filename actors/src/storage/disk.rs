@@ -320,20 +320,21 @@ pub async fn qemu_img(args: &[String]) -> Result<String> {
 
 /// Creates a raw file of `capacity` bytes with `allocation` bytes
 /// allocated, exclusively (never over an existing file).
-pub fn create_raw(path: &Path, capacity: u64, allocation: u64, mode: u32) -> Result<()> {
+/// `shown` is the path errors name (the volume's, not the partial file's).
+pub fn create_raw(path: &Path, shown: &Path, capacity: u64, allocation: u64, mode: u32) -> Result<()> {
     let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| sys(e, format!("cannot create path '{}'", path.display())))?;
+        .map_err(|e| sys(e, format!("cannot create path '{}'", shown.display())))?;
     let _ = f.set_permissions(fs::Permissions::from_mode(mode));
     f.set_len(capacity)
-        .map_err(|e| sys(e, format!("cannot extend file '{}'", path.display())))?;
+        .map_err(|e| sys(e, format!("cannot extend file '{}'", shown.display())))?;
     let alloc = allocation.min(capacity);
     if alloc > 0 {
         allocate(&f, 0, alloc)
-            .map_err(|e| sys(e, format!("cannot allocate {alloc} bytes in file '{}'", path.display())))?;
+            .map_err(|e| sys(e, format!("cannot allocate {alloc} bytes in file '{}'", shown.display())))?;
     }
     f.sync_all()
         .map_err(|e| sys(e, format!("cannot sync file '{}'", path.display())))
@@ -405,12 +406,12 @@ mod tests {
     fn raw_and_missing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.img");
-        create_raw(&p, 1 << 20, 4096, 0o600).unwrap();
+        create_raw(&p, &p, 1 << 20, 4096, 0o600).unwrap();
         let f = vol_facts("r.img", &p).unwrap();
         assert_eq!(f.format, "raw");
         assert_eq!(f.capacity, 1 << 20);
         assert_eq!(f.perms.mode, Some(0o600));
-        assert!(create_raw(&p, 1, 0, 0o600).is_err(), "never over a file");
+        assert!(create_raw(&p, &p, 1, 0, 0o600).is_err(), "never over a file");
         assert!(scan_dir(&dir.path().join("nope")).is_err());
     }
 }

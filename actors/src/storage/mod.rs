@@ -19,6 +19,28 @@ use driver::{with, Pool, StorageDriver};
 
 pub use driver::VOLUME_INDEX;
 
+/// Points every `<disk type='volume'>` of a domain about to start at its
+/// volume's file, refusing the start when the pool is inactive or the
+/// volume missing or still being created.
+pub fn resolve_volume_disks(def: &mut qemud_config::domain::DomainDef) -> Result<()> {
+    for disk in &mut def.devices.disks {
+        let Some(v) = &disk.volume else {
+            continue;
+        };
+        let (path, format) = VOLUME_INDEX.resolve(&v.pool, &v.volume)?;
+        if v.format_from_volume {
+            if format != "raw" && format != "qcow2" {
+                return Err(Error::ConfigUnsupported(format!(
+                    "disk format '{format}' is not supported"
+                )));
+            }
+            disk.format = format;
+        }
+        disk.source = Some(path);
+    }
+    Ok(())
+}
+
 /// This driver's rows of the procedure table.
 pub fn procedures() -> Vec<Procedure> {
     vec![

@@ -695,8 +695,9 @@ async fn write_image(plan: &CreatePlan, partial: &Path, flags: u32) -> Result<()
         return Ok(());
     }
     if plan.format == "raw" {
-        let (p, cap, alloc, mode) = (partial.to_path_buf(), plan.capacity, plan.allocation, plan.mode);
-        return blocking(move || disk::create_raw(&p, cap, alloc, mode)).await;
+        let (p, shown) = (partial.to_path_buf(), plan.path.clone());
+        let (cap, alloc, mode) = (plan.capacity, plan.allocation, plan.mode);
+        return blocking(move || disk::create_raw(&p, &shown, cap, alloc, mode)).await;
     }
     let mut args = vec!["create".to_owned(), "-f".into(), plan.format.clone()];
     if let Some(b) = &plan.def.backing_path {
