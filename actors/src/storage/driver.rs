@@ -286,6 +286,11 @@ impl StorageDriver {
                 match PoolDef::parse(&xml) {
                     Ok(def) => {
                         let _ = std::fs::create_dir_all(&target);
+                        use std::os::unix::fs::PermissionsExt;
+                        let _ = std::fs::set_permissions(
+                            &target,
+                            std::fs::Permissions::from_mode(0o711),
+                        );
                         if let Err(e) = self.save_config(&def) {
                             warn!("cannot create the default pool: {e}");
                         } else {
