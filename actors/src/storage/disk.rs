@@ -110,7 +110,7 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
         n += r;
     }
     buf.truncate(n);
-    if buf.len() < 72 || &buf[..4] != QCOW2_MAGIC {
+    if buf.len() < 4 || &buf[..4] != QCOW2_MAGIC {
         return Ok(Header {
             format: "raw".into(),
             ..Header::default()
@@ -122,10 +122,17 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
     };
     let version = be32(&buf, 4).unwrap_or(0);
     h.capacity = be64(&buf, 24);
-    let backing_off = be64(&buf, 8).unwrap_or(0) as usize;
+    if buf.len() < 72 {
+        // A header cut short: still qcow2, with nothing more to learn.
+        return Ok(h);
+    }
+    let backing_off = usize::try_from(be64(&buf, 8).unwrap_or(0)).unwrap_or(usize::MAX);
     let backing_len = be32(&buf, 16).unwrap_or(0) as usize;
     if backing_off != 0 && backing_len != 0 {
-        if let Some(name) = buf.get(backing_off..backing_off + backing_len) {
+        if let Some(name) = backing_off
+            .checked_add(backing_len)
+            .and_then(|end| buf.get(backing_off..end))
+        {
             h.backing = Some(String::from_utf8_lossy(name).into_owned());
         }
     }
@@ -134,6 +141,9 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
         h.compat = Some("1.1".into());
         h.lazy_refcounts = be64(&buf, 80).unwrap_or(0) & 1 != 0;
         ext_at = be32(&buf, 100).unwrap_or(104) as usize;
+        if ext_at < 104 {
+            ext_at = 104;
+        }
     } else {
         h.compat = Some("0.10".into());
     }
@@ -144,11 +154,21 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
         }
         let data = ext_at + 8;
         if kind == QCOW2_EXT_BACKING_FORMAT {
-            if let Some(fmt) = buf.get(data..data + len as usize) {
+            if let Some(fmt) = data
+                .checked_add(len as usize)
+                .and_then(|end| buf.get(data..end))
+            {
                 h.backing_format = Some(String::from_utf8_lossy(fmt).into_owned());
             }
         }
-        ext_at = data + (len as usize).div_ceil(8) * 8;
+        match (len as usize)
+            .div_ceil(8)
+            .checked_mul(8)
+            .and_then(|l| data.checked_add(l))
+        {
+            Some(next) if next < buf.len() => ext_at = next,
+            _ => break,
+        }
     }
     Ok(h)
 }
@@ -197,24 +217,33 @@ pub fn check_backing_chain(start: &Path) -> Result<()> {
 pub fn vol_facts(name: &str, path: &Path) -> std::io::Result<VolFacts> {
     let md = fs::metadata(path)?;
     let (vol_type, header) = if md.is_dir() {
-        ("dir", Header {
-            format: "dir".into(),
-            ..Header::default()
-        })
+        (
+            "dir",
+            Header {
+                format: "dir".into(),
+                ..Header::default()
+            },
+        )
     } else if md.file_type().is_file() {
         ("file", probe_header(path)?)
     } else {
-        ("block", Header {
-            format: "raw".into(),
-            ..Header::default()
-        })
+        (
+            "block",
+            Header {
+                format: "raw".into(),
+                ..Header::default()
+            },
+        )
     };
     let allocation = md.blocks() * 512;
     let backing = header.backing.as_deref().map(|b| {
         let bp = backing_path(path, b);
         let mut facts = VolFacts {
             path: bp.to_string_lossy().into_owned(),
-            format: header.backing_format.clone().unwrap_or_else(|| "raw".into()),
+            format: header
+                .backing_format
+                .clone()
+                .unwrap_or_else(|| "raw".into()),
             ..VolFacts::default()
         };
         if let Ok(bmd) = fs::metadata(&bp) {
@@ -321,7 +350,13 @@ pub async fn qemu_img(args: &[String]) -> Result<String> {
 /// Creates a raw file of `capacity` bytes with `allocation` bytes
 /// allocated, exclusively (never over an existing file).
 /// `shown` is the path errors name (the volume's, not the partial file's).
-pub fn create_raw(path: &Path, shown: &Path, capacity: u64, allocation: u64, mode: u32) -> Result<()> {
+pub fn create_raw(
+    path: &Path,
+    shown: &Path,
+    capacity: u64,
+    allocation: u64,
+    mode: u32,
+) -> Result<()> {
     let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -333,8 +368,15 @@ pub fn create_raw(path: &Path, shown: &Path, capacity: u64, allocation: u64, mod
         .map_err(|e| sys(e, format!("cannot extend file '{}'", shown.display())))?;
     let alloc = allocation.min(capacity);
     if alloc > 0 {
-        allocate(&f, 0, alloc)
-            .map_err(|e| sys(e, format!("cannot allocate {alloc} bytes in file '{}'", shown.display())))?;
+        allocate(&f, 0, alloc).map_err(|e| {
+            sys(
+                e,
+                format!(
+                    "cannot allocate {alloc} bytes in file '{}'",
+                    shown.display()
+                ),
+            )
+        })?;
     }
     f.sync_all()
         .map_err(|e| sys(e, format!("cannot sync file '{}'", path.display())))
@@ -358,7 +400,10 @@ pub fn resize_raw(path: &Path, old: u64, new: u64, preallocate: bool) -> Result<
         .map_err(|e| sys(e, format!("cannot open '{}'", path.display())))?;
     if preallocate && new > old {
         allocate(&f, old, new - old).map_err(|e| {
-            sys(e, format!("Failed to pre-allocate space for file '{}'", path.display()))
+            sys(
+                e,
+                format!("Failed to pre-allocate space for file '{}'", path.display()),
+            )
         })?;
     }
     f.set_len(new)
@@ -369,12 +414,24 @@ pub fn resize_raw(path: &Path, old: u64, new: u64, preallocate: bool) -> Result<
 
 /// Overwrites the first `len` bytes with zeros or pseudo-random data.
 pub fn wipe(path: &Path, len: u64, random: bool) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| sys(e, format!("Failed to open storage volume with path '{}'", path.display())))?;
-    f.seek(SeekFrom::Start(0))
-        .map_err(|e| sys(e, format!("Failed to seek to the start in volume with path '{}'", path.display())))?;
+    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(|e| {
+        sys(
+            e,
+            format!(
+                "Failed to open storage volume with path '{}'",
+                path.display()
+            ),
+        )
+    })?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| {
+        sys(
+            e,
+            format!(
+                "Failed to seek to the start in volume with path '{}'",
+                path.display()
+            ),
+        )
+    })?;
     let mut buf = vec![0u8; 1 << 20];
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
     let mut left = len;
@@ -390,8 +447,15 @@ pub fn wipe(path: &Path, len: u64, random: bool) -> Result<()> {
                 chunk.copy_from_slice(&bytes[..chunk.len()]);
             }
         }
-        f.write_all(&buf[..n])
-            .map_err(|e| sys(e, format!("Failed to write {n} bytes to storage volume with path '{}'", path.display())))?;
+        f.write_all(&buf[..n]).map_err(|e| {
+            sys(
+                e,
+                format!(
+                    "Failed to write {n} bytes to storage volume with path '{}'",
+                    path.display()
+                ),
+            )
+        })?;
         left -= n as u64;
     }
     f.sync_all()
@@ -403,6 +467,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn corrupt_qcow2_headers_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.qcow2");
+        for fill in [0x00u8, 0xff, 0x7f] {
+            let mut b = b"QFI\xfb\x00\x00\x00\x03".to_vec();
+            b.resize(4096, fill);
+            std::fs::write(&p, &b).unwrap();
+            assert_eq!(probe_header(&p).unwrap().format, "qcow2");
+        }
+    }
+
+    #[test]
     fn raw_and_missing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.img");
@@ -411,7 +487,10 @@ mod tests {
         assert_eq!(f.format, "raw");
         assert_eq!(f.capacity, 1 << 20);
         assert_eq!(f.perms.mode, Some(0o600));
-        assert!(create_raw(&p, &p, 1, 0, 0o600).is_err(), "never over a file");
+        assert!(
+            create_raw(&p, &p, 1, 0, 0o600).is_err(),
+            "never over a file"
+        );
         assert!(scan_dir(&dir.path().join("nope")).is_err());
     }
 }

@@ -20,9 +20,7 @@ use uuid::Uuid;
 
 use qemud_config::storage::{PoolDef, PoolSizes, PoolType, VolFacts};
 use qemud_protocol::remote::procs::{STORAGE_POOL_EVENT_LIFECYCLE, STORAGE_POOL_EVENT_REFRESH};
-use qemud_protocol::remote::{
-    NonnullStoragePool, NonnullStorageVol,
-};
+use qemud_protocol::remote::{NonnullStoragePool, NonnullStorageVol};
 use qemud_protocol::xdr::Uuid16;
 
 use super::disk;
@@ -242,7 +240,10 @@ impl StorageDriver {
         let _ = std::fs::create_dir_all(&self.run_dir);
         let first_run = !self.config_dir.join(".initialised").exists();
         let mut resume = Vec::new();
-        for (dir, persistent) in [(self.config_dir.clone(), true), (self.run_dir.clone(), false)] {
+        for (dir, persistent) in [
+            (self.config_dir.clone(), true),
+            (self.run_dir.clone(), false),
+        ] {
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -266,11 +267,13 @@ impl StorageDriver {
                     if autostart {
                         resume.push(def.name.clone());
                     }
-                    self.pools.insert(def.name.clone(), new_pool(def, true, autostart));
+                    self.pools
+                        .insert(def.name.clone(), new_pool(def, true, autostart));
                 } else {
                     // Was active when the daemon stopped.
                     if !self.pools.contains_key(&def.name) {
-                        self.pools.insert(def.name.clone(), new_pool(def.clone(), false, false));
+                        self.pools
+                            .insert(def.name.clone(), new_pool(def.clone(), false, false));
                     }
                     resume.push(def.name.clone());
                 }
@@ -295,7 +298,8 @@ impl StorageDriver {
                             warn!("cannot create the default pool: {e}");
                         } else {
                             let _ = std::fs::write(self.autostart_dir.join("default"), b"");
-                            self.pools.insert("default".into(), new_pool(def, true, true));
+                            self.pools
+                                .insert("default".into(), new_pool(def, true, true));
                             resume.push("default".into());
                             info!("created storage pool 'default' at {}", target.display());
                         }
@@ -326,15 +330,17 @@ impl StorageDriver {
 
     pub fn save_config(&self, def: &PoolDef) -> Result<()> {
         let xml = def.format(PoolSizes::default(), None);
-        write_atomic(&self.config_dir.join(format!("{}.xml", def.name)), xml.as_bytes()).map_err(
-            |e| {
-                Error::System(format!(
-                    "cannot write config file for pool '{}': {}",
-                    def.name,
-                    disk::strip_os_error(&e)
-                ))
-            },
+        write_atomic(
+            &self.config_dir.join(format!("{}.xml", def.name)),
+            xml.as_bytes(),
         )
+        .map_err(|e| {
+            Error::System(format!(
+                "cannot write config file for pool '{}': {}",
+                def.name,
+                disk::strip_os_error(&e)
+            ))
+        })
     }
 
     pub fn remove_config(&self, name: &str) -> Result<()> {
@@ -371,7 +377,10 @@ impl StorageDriver {
     pub fn save_state(&self, pool: &Pool) {
         let path = self.run_dir.join(format!("{}.xml", pool.def.name));
         if pool.active {
-            let _ = write_atomic(&path, pool.def.format(PoolSizes::default(), None).as_bytes());
+            let _ = write_atomic(
+                &path,
+                pool.def.format(PoolSizes::default(), None).as_bytes(),
+            );
         } else {
             let _ = std::fs::remove_file(&path);
         }

@@ -60,7 +60,11 @@ pub fn procedures() -> Vec<Procedure> {
         call!(STORAGE_POOL_LOOKUP_BY_NAME, Read, pool_lookup_by_name),
         call!(STORAGE_POOL_LOOKUP_BY_UUID, Read, pool_lookup_by_uuid),
         call!(STORAGE_POOL_LOOKUP_BY_VOLUME, Read, pool_lookup_by_volume),
-        call!(STORAGE_POOL_LOOKUP_BY_TARGET_PATH, Read, pool_lookup_by_target_path),
+        call!(
+            STORAGE_POOL_LOOKUP_BY_TARGET_PATH,
+            Read,
+            pool_lookup_by_target_path
+        ),
         call!(STORAGE_POOL_GET_INFO, Read, pool_get_info),
         call!(STORAGE_POOL_GET_XML_DESC, Read, pool_get_xml_desc),
         call!(STORAGE_POOL_GET_AUTOSTART, Read, pool_get_autostart),
@@ -132,7 +136,10 @@ async fn num_defined(call: &Call, _: ()) -> Result<ConnectNumOfDefinedStoragePoo
     })
 }
 
-async fn list_active(call: &Call, a: ConnectListStoragePoolsArgs) -> Result<ConnectListStoragePoolsRet> {
+async fn list_active(
+    call: &Call,
+    a: ConnectListStoragePoolsArgs,
+) -> Result<ConnectListStoragePoolsRet> {
     Ok(ConnectListStoragePoolsRet {
         names: names(call, true, a.maxnames).await?,
     })
@@ -204,18 +211,28 @@ async fn list_all(
     .await?;
     let n = pools.len() as u32;
     Ok(ConnectListAllStoragePoolsRet {
-        pools: XdrVec(if a.need_results != 0 { pools } else { Vec::new() }),
+        pools: XdrVec(if a.need_results != 0 {
+            pools
+        } else {
+            Vec::new()
+        }),
         ret: n,
     })
 }
 
-async fn pool_create_xml(call: &Call, a: StoragePoolCreateXmlArgs) -> Result<StoragePoolCreateXmlRet> {
+async fn pool_create_xml(
+    call: &Call,
+    a: StoragePoolCreateXmlArgs,
+) -> Result<StoragePoolCreateXmlRet> {
     check_flags(a.flags, 7, "virStoragePoolCreateXML")?;
     let pool = ops::create_transient(drv(call), a.xml.as_str().to_owned(), a.flags).await?;
     Ok(StoragePoolCreateXmlRet { pool })
 }
 
-async fn pool_define_xml(call: &Call, a: StoragePoolDefineXmlArgs) -> Result<StoragePoolDefineXmlRet> {
+async fn pool_define_xml(
+    call: &Call,
+    a: StoragePoolDefineXmlArgs,
+) -> Result<StoragePoolDefineXmlRet> {
     // VIR_STORAGE_POOL_DEFINE_VALIDATE: the parser validates anyway.
     check_flags(a.flags, 1, "virStoragePoolDefineXML")?;
     let pool = ops::define(drv(call), a.xml.as_str().to_owned()).await?;
@@ -282,7 +299,10 @@ async fn pool_lookup_by_volume(
     call: &Call,
     a: StoragePoolLookupByVolumeArgs,
 ) -> Result<StoragePoolLookupByVolumeRet> {
-    let pool = with(drv(call), move |d| Ok(d.pool(a.vol.pool.as_str())?.to_wire())).await?;
+    let pool = with(drv(call), move |d| {
+        Ok(d.pool(a.vol.pool.as_str())?.to_wire())
+    })
+    .await?;
     Ok(StoragePoolLookupByVolumeRet { pool })
 }
 
@@ -443,7 +463,11 @@ async fn pool_list_all_volumes(
         let vols: Vec<_> = p.volumes.values().map(|v| p.vol_wire(v)).collect();
         let n = vols.len() as u32;
         Ok(StoragePoolListAllVolumesRet {
-            vols: XdrVec(if a.need_results != 0 { vols } else { Vec::new() }),
+            vols: XdrVec(if a.need_results != 0 {
+                vols
+            } else {
+                Vec::new()
+            }),
             ret: n,
         })
     })
@@ -509,11 +533,7 @@ async fn vol_lookup_by_name(
 }
 
 /// The volume whose key or path is `what`, in any active pool.
-async fn find_vol(
-    call: &Call,
-    what: String,
-    by_key: bool,
-) -> Result<NonnullStorageVol> {
+async fn find_vol(call: &Call, what: String, by_key: bool) -> Result<NonnullStorageVol> {
     let wanted = if by_key {
         what.clone()
     } else {
@@ -539,7 +559,10 @@ async fn find_vol(
     .await
 }
 
-async fn vol_lookup_by_key(call: &Call, a: StorageVolLookupByKeyArgs) -> Result<StorageVolLookupByKeyRet> {
+async fn vol_lookup_by_key(
+    call: &Call,
+    a: StorageVolLookupByKeyArgs,
+) -> Result<StorageVolLookupByKeyRet> {
     Ok(StorageVolLookupByKeyRet {
         vol: find_vol(call, a.key.as_str().to_owned(), true).await?,
     })
@@ -598,13 +621,22 @@ async fn vol_get_info_flags(
     })
 }
 
-async fn vol_get_xml_desc(call: &Call, a: StorageVolGetXmlDescArgs) -> Result<StorageVolGetXmlDescRet> {
+async fn vol_get_xml_desc(
+    call: &Call,
+    a: StorageVolGetXmlDescArgs,
+) -> Result<StorageVolGetXmlDescRet> {
     check_flags(a.flags, 0, "virStorageVolGetXMLDesc")?;
-    let xml = with(drv(call), move |d| Ok(d.vol_by_wire(&a.vol)?.1.facts.format())).await?;
+    let xml = with(drv(call), move |d| {
+        Ok(d.vol_by_wire(&a.vol)?.1.facts.format())
+    })
+    .await?;
     Ok(StorageVolGetXmlDescRet { xml: xml.into() })
 }
 
 async fn vol_get_path(call: &Call, a: StorageVolGetPathArgs) -> Result<StorageVolGetPathRet> {
-    let path = with(drv(call), move |d| Ok(d.vol_by_wire(&a.vol)?.1.facts.path.clone())).await?;
+    let path = with(drv(call), move |d| {
+        Ok(d.vol_by_wire(&a.vol)?.1.facts.path.clone())
+    })
+    .await?;
     Ok(StorageVolGetPathRet { name: path.into() })
 }

@@ -140,7 +140,8 @@ pub async fn create_transient(drv: &Driver, xml: String, flags: u32) -> Result<N
                 def.name
             )));
         }
-        d.pools.insert(def.name.clone(), new_pool(def, false, false));
+        d.pools
+            .insert(def.name.clone(), new_pool(def, false, false));
         Ok(())
     })
     .await?;
@@ -257,7 +258,10 @@ async fn run_tool(program: &str, args: &[String]) -> Result<()> {
 
 fn is_mounted(target: &str) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(target)))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(target))
+        })
         .unwrap_or(false)
 }
 
@@ -287,7 +291,12 @@ async fn mount(def: &PoolDef) -> Result<()> {
 
 /// Starts a pool: build when asked, mount, scan. `api` distinguishes a
 /// client's start from a resume at daemon start-up.
-pub async fn start_pool(drv: &Driver, name: &str, flags: u32, api: bool) -> Result<NonnullStoragePool> {
+pub async fn start_pool(
+    drv: &Driver,
+    name: &str,
+    flags: u32,
+    api: bool,
+) -> Result<NonnullStoragePool> {
     let n = name.to_owned();
     let def = with(drv, move |d| {
         let p = d.pool_mut(&n)?;
@@ -303,7 +312,9 @@ pub async fn start_pool(drv: &Driver, name: &str, flags: u32, api: bool) -> Resu
         Ok(p.def.clone())
     })
     .await?;
-    if flags & (CREATE_WITH_BUILD | CREATE_WITH_BUILD_OVERWRITE | CREATE_WITH_BUILD_NO_OVERWRITE) != 0 {
+    if flags & (CREATE_WITH_BUILD | CREATE_WITH_BUILD_OVERWRITE | CREATE_WITH_BUILD_NO_OVERWRITE)
+        != 0
+    {
         let d2 = def.clone();
         blocking(move || build_target(&d2, 0)).await?;
     }
@@ -450,7 +461,8 @@ pub async fn refresh(drv: &Driver, pool: NonnullStoragePool) -> Result<()> {
         Ok((p.def.name.clone(), p.target()))
     })
     .await?;
-    let (vols, sizes) = blocking(move || Ok((disk::scan_dir(&target)?, disk::statvfs(&target)?))).await?;
+    let (vols, sizes) =
+        blocking(move || Ok((disk::scan_dir(&target)?, disk::statvfs(&target)?))).await?;
     with(drv, move |d| {
         let p = d.pool_mut(&name)?;
         p.check_active()?;
@@ -561,7 +573,10 @@ fn begin_create(
         ));
     }
     let format = format.unwrap_or_else(|| "raw".into());
-    if !matches!(format.as_str(), "raw" | "qcow2" | "qcow" | "qed" | "vmdk" | "vdi" | "vpc") {
+    if !matches!(
+        format.as_str(),
+        "raw" | "qcow2" | "qcow" | "qed" | "vmdk" | "vdi" | "vpc"
+    ) {
         return Err(Error::OperationUnsupported(format!(
             "storage volume format '{format}' is not supported"
         )));
@@ -608,7 +623,11 @@ fn begin_create(
         },
     );
     if let Some((spool, sname, _, _)) = src_ref {
-        if let Some(v) = d.pools.get_mut(&spool).and_then(|p| p.volumes.get_mut(&sname)) {
+        if let Some(v) = d
+            .pools
+            .get_mut(&spool)
+            .and_then(|p| p.volumes.get_mut(&sname))
+        {
             v.in_use += 1;
         }
     }
@@ -617,7 +636,9 @@ fn begin_create(
 }
 
 async fn run_create(plan: &CreatePlan, flags: u32) -> Result<()> {
-    let partial = plan.target.join(format!("{}{}", disk::PARTIAL_PREFIX, plan.name));
+    let partial = plan
+        .target
+        .join(format!("{}{}", disk::PARTIAL_PREFIX, plan.name));
     let _ = std::fs::remove_file(&partial);
     let result = write_image(plan, &partial, flags).await;
     if let Err(e) = result {
@@ -634,10 +655,7 @@ async fn run_create(plan: &CreatePlan, flags: u32) -> Result<()> {
                 Error::Other {
                     code: ErrorCode::StorageVolExist,
                     domain: ErrorDomain::Storage,
-                    message: format!(
-                        "storage volume '{}' exists already",
-                        final_path.display()
-                    ),
+                    message: format!("storage volume '{}' exists already", final_path.display()),
                 }
             } else {
                 Error::System(format!(
@@ -785,7 +803,11 @@ pub async fn create_vol(
     let (pool_name, name, source) = (plan.pool.clone(), plan.name.clone(), plan.source.clone());
     with(drv, move |d| {
         if let Some((spool, sname, _, _)) = &source {
-            if let Some(v) = d.pools.get_mut(spool).and_then(|p| p.volumes.get_mut(sname)) {
+            if let Some(v) = d
+                .pools
+                .get_mut(spool)
+                .and_then(|p| p.volumes.get_mut(sname))
+            {
                 v.in_use = v.in_use.saturating_sub(1);
             }
         }
@@ -851,7 +873,13 @@ async fn end_use(drv: &Driver, pool: String, name: String, result: Result<()>) -
     let fresh = match path {
         Ok((target, path)) => {
             let n = name.clone();
-            blocking(move || Ok((disk::vol_facts(&n, Path::new(&path)).ok(), disk::statvfs(&target).ok()))).await?
+            blocking(move || {
+                Ok((
+                    disk::vol_facts(&n, Path::new(&path)).ok(),
+                    disk::statvfs(&target).ok(),
+                ))
+            })
+            .await?
         }
         Err(_) => (None, None),
     };
@@ -958,12 +986,24 @@ pub async fn wipe(drv: &Driver, vol: NonnullStorageVol, algorithm: u32) -> Resul
     }
     let (pool, facts, _) = begin_use(drv, vol).await?;
     let path = PathBuf::from(&facts.path);
-    let len = facts.allocation.max(if facts.format == "raw" { facts.capacity } else { 0 });
+    let len = facts.allocation.max(if facts.format == "raw" {
+        facts.capacity
+    } else {
+        0
+    });
     let result = if algorithm == WIPE_ZERO || algorithm == WIPE_RANDOM {
         blocking(move || disk::wipe(&path, len, algorithm == WIPE_RANDOM)).await
     } else {
-        let pattern = ["", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7", "pfitzner33"]
-            [algorithm as usize];
+        let pattern = [
+            "",
+            "nnsa",
+            "dod",
+            "bsi",
+            "gutmann",
+            "schneier",
+            "pfitzner7",
+            "pfitzner33",
+        ][algorithm as usize];
         run_tool(
             "scrub",
             &["-f".into(), "-p".into(), pattern.into(), facts.path.clone()],
