@@ -600,7 +600,10 @@ impl Client {
         Ok(r.persistent != 0)
     }
 
-    pub async fn list_all_volumes(&self, pool: &NonnullStoragePool) -> Result<Vec<NonnullStorageVol>> {
+    pub async fn list_all_volumes(
+        &self,
+        pool: &NonnullStoragePool,
+    ) -> Result<Vec<NonnullStorageVol>> {
         let a = StoragePoolListAllVolumesArgs {
             pool: pool.clone(),
             need_results: 1,
@@ -610,7 +613,11 @@ impl Client {
         Ok(r.vols.0)
     }
 
-    pub async fn vol_lookup(&self, pool: &NonnullStoragePool, name: &str) -> Result<NonnullStorageVol> {
+    pub async fn vol_lookup(
+        &self,
+        pool: &NonnullStoragePool,
+        name: &str,
+    ) -> Result<NonnullStorageVol> {
         let a = StorageVolLookupByNameArgs {
             pool: pool.clone(),
             name: name.into(),
@@ -656,7 +663,12 @@ impl Client {
         self.call_void(STORAGE_VOL_DELETE, &a).await
     }
 
-    pub async fn vol_resize(&self, vol: &NonnullStorageVol, capacity: u64, flags: u32) -> Result<()> {
+    pub async fn vol_resize(
+        &self,
+        vol: &NonnullStorageVol,
+        capacity: u64,
+        flags: u32,
+    ) -> Result<()> {
         let a = StorageVolResizeArgs {
             vol: vol.clone(),
             capacity,

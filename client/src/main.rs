@@ -710,27 +710,47 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
             );
             let p = c.pool_define_xml(&xml).await?;
             let uuid = uuid::Uuid::from_bytes(p.uuid.0);
-            report(json, json!({"name": p.name.0, "uuid": uuid.to_string()}), format!("Pool {name} defined"));
+            report(
+                json,
+                json!({"name": p.name.0, "uuid": uuid.to_string()}),
+                format!("Pool {name} defined"),
+            );
         }
         StorageCmd::PoolBuild { pool } => {
             let p = c.pool_lookup(&pool).await?;
             c.pool_build(&p, 0).await?;
-            report(json, json!({"name": pool, "result": "built"}), format!("Pool {pool} built"));
+            report(
+                json,
+                json!({"name": pool, "result": "built"}),
+                format!("Pool {pool} built"),
+            );
         }
         StorageCmd::PoolStart { pool } => {
             let p = c.pool_lookup(&pool).await?;
             c.pool_start(&p, 0).await?;
-            report(json, json!({"name": pool, "result": "started"}), format!("Pool {pool} started"));
+            report(
+                json,
+                json!({"name": pool, "result": "started"}),
+                format!("Pool {pool} started"),
+            );
         }
         StorageCmd::PoolDestroy { pool } => {
             let p = c.pool_lookup(&pool).await?;
             c.pool_destroy(&p).await?;
-            report(json, json!({"name": pool, "result": "destroyed"}), format!("Pool {pool} destroyed"));
+            report(
+                json,
+                json!({"name": pool, "result": "destroyed"}),
+                format!("Pool {pool} destroyed"),
+            );
         }
         StorageCmd::PoolDelete { pool } => {
             let p = c.pool_lookup(&pool).await?;
             c.pool_delete(&p).await?;
-            report(json, json!({"name": pool, "result": "deleted"}), format!("Pool {pool} deleted"));
+            report(
+                json,
+                json!({"name": pool, "result": "deleted"}),
+                format!("Pool {pool} deleted"),
+            );
         }
         StorageCmd::PoolUndefine { pool } => {
             let p = c.pool_lookup(&pool).await?;
@@ -754,7 +774,9 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
             if json {
                 print_json(json!(rows
                     .iter()
-                    .map(|(n, active, auto)| json!({"name": n, "active": active, "autostart": auto}))
+                    .map(
+                        |(n, active, auto)| json!({"name": n, "active": active, "autostart": auto})
+                    )
                     .collect::<Vec<_>>()));
             } else {
                 let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
@@ -816,10 +838,16 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
                 xml.push_str(&format!("  <allocation>{}</allocation>\n", parse_size(a)?));
             }
             if let Some(f) = &format {
-                xml.push_str(&format!("  <target>\n    <format type='{}'/>\n  </target>\n", esc_xml(f)));
+                xml.push_str(&format!(
+                    "  <target>\n    <format type='{}'/>\n  </target>\n",
+                    esc_xml(f)
+                ));
             }
             if let Some(b) = &backing_vol {
-                xml.push_str(&format!("  <backingStore>\n    <path>{}</path>\n", esc_xml(b)));
+                xml.push_str(&format!(
+                    "  <backingStore>\n    <path>{}</path>\n",
+                    esc_xml(b)
+                ));
                 if let Some(f) = &backing_vol_format {
                     xml.push_str(&format!("    <format type='{}'/>\n", esc_xml(f)));
                 }
@@ -843,7 +871,12 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
                     .map(|v| json!({"name": v.name.0, "path": v.key.0}))
                     .collect::<Vec<_>>()));
             } else {
-                let w = vols.iter().map(|v| v.name.0.len()).max().unwrap_or(4).max(4);
+                let w = vols
+                    .iter()
+                    .map(|v| v.name.0.len())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
                 let pw = vols.iter().map(|v| v.key.0.len()).max().unwrap_or(4).max(4);
                 println!(" {:<w$}   Path", "Name");
                 println!("{}", "-".repeat(w + pw + 5));
@@ -866,7 +899,9 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
                 _ => "unknown",
             };
             if json {
-                print_json(json!({"name": v.name.0, "type": ty, "capacity": info.capacity, "allocation": info.allocation}));
+                print_json(
+                    json!({"name": v.name.0, "type": ty, "capacity": info.capacity, "allocation": info.allocation}),
+                );
             } else {
                 println!("{:<16}{}", "Name:", v.name);
                 println!("{:<16}{ty}", "Type:");
@@ -884,7 +919,11 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
             let p = c.pool_lookup(&pool).await?;
             let v = c.vol_lookup(&p, &vol).await?;
             c.vol_delete(&v).await?;
-            report(json, json!({"name": vol, "result": "deleted"}), format!("Vol {vol} deleted"));
+            report(
+                json,
+                json!({"name": vol, "result": "deleted"}),
+                format!("Vol {vol} deleted"),
+            );
         }
         StorageCmd::VolResize {
             vol,

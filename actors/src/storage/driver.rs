@@ -116,10 +116,19 @@ impl Pool {
 
 /// What a domain start reads to resolve `<disk type='volume'>` without
 /// waiting on the actor, which alone writes it.
+/// A volume as a domain start needs it.
+struct IndexedVol {
+    path: String,
+    format: String,
+    building: bool,
+}
+
+/// Pool name → (active, volume name → volume).
+type PoolVolumes = HashMap<String, (bool, HashMap<String, IndexedVol>)>;
+
 #[derive(Default)]
 pub struct VolumeIndex {
-    /// Pool name → active, volume name → (path, format, building).
-    pools: RwLock<HashMap<String, (bool, HashMap<String, (String, String, bool)>)>>,
+    pools: RwLock<PoolVolumes>,
 }
 
 pub static VOLUME_INDEX: LazyLock<VolumeIndex> = LazyLock::new(VolumeIndex::default);
@@ -132,7 +141,11 @@ impl VolumeIndex {
             .map(|v| {
                 (
                     v.facts.name.clone(),
-                    (v.facts.path.clone(), v.facts.format.clone(), v.building),
+                    IndexedVol {
+                        path: v.facts.path.clone(),
+                        format: v.facts.format.clone(),
+                        building: v.building,
+                    },
                 )
             })
             .collect();
@@ -162,15 +175,15 @@ impl VolumeIndex {
                 "storage pool '{pool}' containing volume '{vol}' is not active"
             )));
         }
-        let (path, format, building) = vols.get(vol).ok_or_else(|| {
+        let found = vols.get(vol).ok_or_else(|| {
             Error::NoStorageVol(format!("no storage vol with matching name '{vol}'"))
         })?;
-        if *building {
+        if found.building {
             return Err(Error::OperationInvalid(format!(
                 "volume '{vol}' is still being allocated."
             )));
         }
-        Ok((path.clone(), format.clone()))
+        Ok((found.path.clone(), found.format.clone()))
     }
 }
 
@@ -184,7 +197,9 @@ pub struct StorageDriver {
 
 /// Runs a closure inside the actor; the way every handler reads or changes
 /// the driver's state.
-pub struct Exec(pub Box<dyn FnOnce(&mut StorageDriver, &mut Context<StorageDriver>) + Send>);
+pub struct Exec(pub Box<ExecFn>);
+
+type ExecFn = dyn FnOnce(&mut StorageDriver, &mut Context<StorageDriver>) + Send;
 
 impl Message for Exec {
     type Result = ();

@@ -373,7 +373,7 @@ pub async fn destroy(drv: &Driver, pool: NonnullStoragePool) -> Result<()> {
     })
     .await?;
     if matches!(def.pool_type, PoolType::Fs | PoolType::Netfs) && is_mounted(&def.target_path) {
-        run_tool("umount", &[def.target_path.clone()]).await?;
+        run_tool("umount", std::slice::from_ref(&def.target_path)).await?;
     }
     let name = def.name.clone();
     with(drv, move |d| {
