@@ -671,3 +671,101 @@ print("ok")
     let out = python(&d.uri(), &script);
     assert_eq!(out.ok().trim(), "ok", "{}", out.stderr);
 }
+
+/// Detaches the loop device when the test ends, passed or not.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn fs_pool_mounts_an_ext4_image_on_a_loop_device() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path();
+    let image = dir.join("fs.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg("-F")
+        .arg(&image)
+        .status();
+    if !mkfs.map(|s| s.success()).unwrap_or(false) {
+        println!("SKIPPED: mkfs.ext4 is not available");
+        return;
+    }
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&image)
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Ok(o) => {
+            println!(
+                "SKIPPED: loop devices are unavailable here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("SKIPPED: losetup cannot run: {e}");
+            return;
+        }
+    };
+    let _loop = Loop(dev.clone());
+    let mnt = dir.join("mnt");
+    let m = mnt.to_str().unwrap();
+    virsh(
+        &uri,
+        &[
+            "pool-define-as",
+            "fsp",
+            "fs",
+            "--source-dev",
+            &dev,
+            "--target",
+            m,
+        ],
+    )
+    .ok();
+    virsh(&uri, &["pool-build", "fsp"]).ok();
+    virsh(&uri, &["pool-start", "fsp"]).ok();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(mounts.lines().any(|l| l.contains(m)), "{m} not mounted");
+    let info = virsh(&uri, &["pool-info", "fsp", "--bytes"])
+        .ok()
+        .to_owned();
+    // A 64 MiB filesystem, not the host's.
+    let cap: u64 = info
+        .lines()
+        .find(|l| l.starts_with("Capacity:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(cap < 64 << 20, "{info}");
+    let xml = virsh(&uri, &["pool-dumpxml", "fsp"]).ok().to_owned();
+    assert!(
+        xml.contains(&format!(
+            "  <source>\n    <device path='{dev}'/>\n    <format type='auto'/>\n  </source>"
+        )),
+        "{xml}"
+    );
+    virsh(
+        &uri,
+        &["vol-create-as", "fsp", "a.qcow2", "8M", "--format", "qcow2"],
+    )
+    .ok();
+    assert!(mnt.join("a.qcow2").exists());
+    virsh(&uri, &["vol-delete", "a.qcow2", "--pool", "fsp"]).ok();
+    virsh(&uri, &["pool-destroy", "fsp"]).ok();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.lines().any(|l| l.contains(m)), "{m} still mounted");
+    virsh(&uri, &["pool-undefine", "fsp"]).ok();
+}
