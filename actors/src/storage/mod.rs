@@ -6,6 +6,8 @@
 pub mod disk;
 pub mod driver;
 pub mod ops;
+mod stream_glue;
+pub mod transfer;
 
 use qemud_protocol::remote::procs::*;
 use qemud_protocol::remote::*;
@@ -87,6 +89,8 @@ pub fn procedures() -> Vec<Procedure> {
         call!(STORAGE_VOL_GET_INFO_FLAGS, Read, vol_get_info_flags),
         call!(STORAGE_VOL_GET_XML_DESC, Read, vol_get_xml_desc),
         call!(STORAGE_VOL_GET_PATH, Read, vol_get_path),
+        call!(STORAGE_VOL_UPLOAD, Write, vol_upload),
+        call!(STORAGE_VOL_DOWNLOAD, Write, vol_download),
     ]
 }
 
@@ -639,4 +643,41 @@ async fn vol_get_path(call: &Call, a: StorageVolGetPathArgs) -> Result<StorageVo
     })
     .await?;
     Ok(StorageVolGetPathRet { name: path.into() })
+}
+
+async fn vol_download(call: &Call, a: StorageVolDownloadArgs) -> Result<()> {
+    // Sparse streams need holes in the stream engine.
+    check_flags(a.flags, 0, "virStorageVolDownload")?;
+    let t = transfer::begin_transfer(drv(call), a.vol).await?;
+    let io = match stream_glue::open(call, "virStorageVolDownload").await {
+        Ok(io) => io,
+        Err(e) => {
+            transfer::finish_transfer(drv(call), t).await;
+            return Err(e);
+        }
+    };
+    let driver = drv(call).clone();
+    actix_rt::spawn(async move {
+        transfer::send_file(io, t.path.clone(), a.offset, a.length).await;
+        transfer::finish_transfer(&driver, t).await;
+    });
+    Ok(())
+}
+
+async fn vol_upload(call: &Call, a: StorageVolUploadArgs) -> Result<()> {
+    check_flags(a.flags, 0, "virStorageVolUpload")?;
+    let t = transfer::begin_transfer(drv(call), a.vol).await?;
+    let io = match stream_glue::open(call, "virStorageVolUpload").await {
+        Ok(io) => io,
+        Err(e) => {
+            transfer::finish_transfer(drv(call), t).await;
+            return Err(e);
+        }
+    };
+    let driver = drv(call).clone();
+    actix_rt::spawn(async move {
+        transfer::receive_file(io, t.path.clone(), a.offset, a.length).await;
+        transfer::finish_transfer(&driver, t).await;
+    });
+    Ok(())
 }

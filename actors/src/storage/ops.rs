@@ -840,7 +840,10 @@ pub async fn create_vol(
 }
 
 /// Marks a volume in use for a long operation; returns its pool, facts.
-async fn begin_use(drv: &Driver, vol: NonnullStorageVol) -> Result<(String, VolFacts, PoolSizes)> {
+pub async fn begin_use(
+    drv: &Driver,
+    vol: NonnullStorageVol,
+) -> Result<(String, VolFacts, PoolSizes)> {
     with(drv, move |d| {
         let (p, v) = d.vol_by_wire(&vol)?;
         if v.building {
@@ -860,7 +863,7 @@ async fn begin_use(drv: &Driver, vol: NonnullStorageVol) -> Result<(String, VolF
     .await
 }
 
-async fn end_use(drv: &Driver, pool: String, name: String, result: Result<()>) -> Result<()> {
+pub async fn end_use(drv: &Driver, pool: String, name: String, result: Result<()>) -> Result<()> {
     let path = {
         let pool = pool.clone();
         let name = name.clone();
