@@ -869,3 +869,67 @@ fn vol_upload_and_download_round_trip_200_mb() {
     );
     virsh(&uri, &["vol-delete", "up.img", "--pool", "default"]).ok();
 }
+
+#[test]
+fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let uri = d.uri();
+    virsh(
+        &uri,
+        &[
+            "vol-create-as",
+            "default",
+            "slow.img",
+            "512M",
+            "--allocation",
+            "0",
+        ],
+    )
+    .ok();
+    let path = d.state_dir().join("images").join("slow.img");
+    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0);
+    let mut wipe = Command::new("virsh")
+        .args([
+            "-c",
+            &uri,
+            "vol-wipe",
+            "slow.img",
+            "--pool",
+            "default",
+            "--algorithm",
+            "random",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The wipe is under way once the sparse file gains blocks.
+    wait_until(30, "the wipe to start writing", || {
+        std::fs::metadata(&path)
+            .map(|m| m.blocks() > 0)
+            .unwrap_or(false)
+    });
+    let e = virsh(&uri, &["vol-delete", "slow.img", "--pool", "default"])
+        .fails()
+        .to_owned();
+    assert!(e.contains("volume 'slow.img' is still in use."), "{e}");
+    // Other work is not held up by the wipe.
+    let t = std::time::Instant::now();
+    virsh(
+        &uri,
+        &[
+            "vol-create-as",
+            "default",
+            "quick.qcow2",
+            "1M",
+            "--format",
+            "qcow2",
+        ],
+    )
+    .ok();
+    virsh(&uri, &["pool-list", "--all"]).ok();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(wipe.wait().unwrap().success());
+    virsh(&uri, &["vol-delete", "slow.img", "--pool", "default"]).ok();
+    virsh(&uri, &["vol-delete", "quick.qcow2", "--pool", "default"]).ok();
+}
