@@ -389,6 +389,8 @@ pub struct VolDef {
     pub compat: Option<String>,
     pub cluster_size: Option<u64>,
     pub lazy_refcounts: bool,
+    /// A `<features>` element was given (possibly empty).
+    pub has_features: bool,
     pub backing_path: Option<String>,
     pub backing_format: Option<String>,
 }
@@ -496,7 +498,8 @@ impl VolDef {
             ),
         };
         let mut lazy_refcounts = false;
-        if let Some(features) = target.and_then(|t| child(t, "features")) {
+        let features_el = target.and_then(|t| child(t, "features"));
+        if let Some(features) = features_el {
             if compat.is_none() {
                 compat = Some("1.1".into());
             }
@@ -519,6 +522,7 @@ impl VolDef {
             compat,
             cluster_size,
             lazy_refcounts,
+            has_features: features_el.is_some(),
             backing_path,
             backing_format,
         })
@@ -547,7 +551,10 @@ pub struct VolFacts {
     pub perms: Perms,
     pub times: Timestamps,
     pub compat: Option<String>,
-    pub lazy_refcounts: bool,
+    /// qcow2 cluster size, known once a pool refresh read the header.
+    pub cluster_size: Option<u64>,
+    /// `<features>`: None for no element, empty for `<features/>`.
+    pub features: Option<Vec<String>>,
     pub backing: Option<Box<VolFacts>>,
 }
 
@@ -574,8 +581,19 @@ impl VolFacts {
             if let Some(c) = &self.compat {
                 let _ = writeln!(x, "    <compat>{}</compat>", esc(c));
             }
-            if self.lazy_refcounts {
-                x.push_str("    <features>\n      <lazy_refcounts/>\n    </features>\n");
+            if let Some(c) = self.cluster_size {
+                let _ = writeln!(x, "    <clusterSize unit='B'>{c}</clusterSize>");
+            }
+            match self.features.as_deref() {
+                None => {}
+                Some([]) => x.push_str("    <features/>\n"),
+                Some(list) => {
+                    x.push_str("    <features>\n");
+                    for f in list {
+                        let _ = writeln!(x, "      <{f}/>");
+                    }
+                    x.push_str("    </features>\n");
+                }
             }
         }
     }

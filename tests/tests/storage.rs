@@ -205,6 +205,39 @@ fn virsh_dir_pool_and_volumes_like_libvirt() {
         path
     );
 
+    // qcow2 options from the XML; libvirt shows the header's cluster size
+    // and features once a refresh read them.
+    let lz = write_xml(
+        dir,
+        "lz",
+        "<volume><name>lz.qcow2</name><capacity unit='M'>16</capacity><target>\
+         <format type='qcow2'/><compat>1.1</compat><features><lazy_refcounts/></features>\
+         </target></volume>",
+    );
+    virsh(&uri, &["vol-create", "p1", lz.to_str().unwrap()]).ok();
+    let lx = virsh(&uri, &["vol-dumpxml", "lz.qcow2", "--pool", "p1"])
+        .ok()
+        .to_owned();
+    assert!(
+        lx.contains("    <compat>1.1</compat>\n    <features>\n      <lazy_refcounts/>\n    </features>\n  </target>"),
+        "{lx}"
+    );
+    virsh(&uri, &["pool-refresh", "p1"]).ok();
+    let lx = virsh(&uri, &["vol-dumpxml", "lz.qcow2", "--pool", "p1"])
+        .ok()
+        .to_owned();
+    assert!(lx.contains("    <compat>1.1</compat>\n    <clusterSize unit='B'>65536</clusterSize>\n    <features>\n      <lazy_refcounts/>"), "{lx}");
+    let vx = virsh(&uri, &["vol-dumpxml", "v1.qcow2", "--pool", "p1"])
+        .ok()
+        .to_owned();
+    assert!(
+        vx.contains(
+            "    </timestamps>\n    <clusterSize unit='B'>65536</clusterSize>\n  </target>"
+        ),
+        "{vx}"
+    );
+    virsh(&uri, &["vol-delete", "lz.qcow2", "--pool", "p1"]).ok();
+
     // Clone within the pool and create-from with another format.
     assert_eq!(
         virsh_full(&uri, &["vol-clone", "v1.qcow2", "c1.qcow2", "--pool", "p1"])

@@ -77,6 +77,7 @@ pub struct Header {
     pub backing_format: Option<String>,
     pub compat: Option<String>,
     pub lazy_refcounts: bool,
+    pub cluster_size: Option<u64>,
 }
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -126,6 +127,9 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
         // A header cut short: still qcow2, with nothing more to learn.
         return Ok(h);
     }
+    h.cluster_size = be32(&buf, 20)
+        .filter(|bits| (9..=21).contains(bits))
+        .map(|bits| 1u64 << bits);
     let backing_off = usize::try_from(be64(&buf, 8).unwrap_or(0)).unwrap_or(usize::MAX);
     let backing_len = be32(&buf, 16).unwrap_or(0) as usize;
     if backing_off != 0 && backing_len != 0 {
@@ -137,6 +141,7 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
         }
     }
     let mut ext_at = 72;
+    // Version 2 (compat 0.10) has no feature bits: libvirt shows no compat.
     if version >= 3 {
         h.compat = Some("1.1".into());
         h.lazy_refcounts = be64(&buf, 80).unwrap_or(0) & 1 != 0;
@@ -144,8 +149,6 @@ pub fn probe_header(path: &Path) -> std::io::Result<Header> {
         if ext_at < 104 {
             ext_at = 104;
         }
-    } else {
-        h.compat = Some("0.10".into());
     }
     // Header extensions: type, length, data padded to 8 bytes; type 0 ends.
     while let (Some(kind), Some(len)) = (be32(&buf, ext_at), be32(&buf, ext_at + 4)) {
@@ -213,8 +216,10 @@ pub fn check_backing_chain(start: &Path) -> Result<()> {
     )))
 }
 
-/// A file's facts as a volume of a file-based pool.
-pub fn vol_facts(name: &str, path: &Path) -> std::io::Result<VolFacts> {
+/// A file's facts as a volume of a file-based pool. `full`: also what
+/// only a pool refresh reports (qcow2 compat, cluster size, features), as
+/// libvirt fills them only when it rescans a pool.
+pub fn vol_facts(name: &str, path: &Path, full: bool) -> std::io::Result<VolFacts> {
     let md = fs::metadata(path)?;
     let (vol_type, header) = if md.is_dir() {
         (
@@ -267,9 +272,16 @@ pub fn vol_facts(name: &str, path: &Path) -> std::io::Result<VolFacts> {
         format: header.format,
         perms: perms_of(&md),
         times: times_of(&md),
-        // libvirt 9.0's refresh leaves these out of a volume's XML.
-        compat: None,
-        lazy_refcounts: false,
+        compat: if full { header.compat.clone() } else { None },
+        cluster_size: if full { header.cluster_size } else { None },
+        features: match (full, &header.compat) {
+            (true, Some(_)) => Some(if header.lazy_refcounts {
+                vec!["lazy_refcounts".to_owned()]
+            } else {
+                Vec::new()
+            }),
+            _ => None,
+        },
         backing,
     })
 }
@@ -285,7 +297,7 @@ pub fn scan_dir(dir: &Path) -> Result<Vec<VolFacts>> {
         if name.starts_with(PARTIAL_PREFIX) {
             continue;
         }
-        if let Ok(f) = vol_facts(&name, &entry.path()) {
+        if let Ok(f) = vol_facts(&name, &entry.path(), true) {
             out.push(f);
         }
     }
@@ -483,7 +495,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.img");
         create_raw(&p, &p, 1 << 20, 4096, 0o600).unwrap();
-        let f = vol_facts("r.img", &p).unwrap();
+        let f = vol_facts("r.img", &p, true).unwrap();
         assert_eq!(f.format, "raw");
         assert_eq!(f.capacity, 1 << 20);
         assert_eq!(f.perms.mode, Some(0o600));

@@ -589,6 +589,15 @@ fn begin_create(
                 .into(),
         });
     }
+    if def.lazy_refcounts && def.compat.as_deref() == Some("0.10") {
+        return Err(Error::Other {
+            code: ErrorCode::ConfigUnsupported,
+            domain: ErrorDomain::Storage,
+            message:
+                "unsupported configuration: lazy_refcounts not supported with compat level 0.10"
+                    .into(),
+        });
+    }
     let capacity = capacity.ok_or_else(|| Error::Xml("missing capacity element".into()))?;
     let allocation = def.allocation.unwrap_or(capacity);
     let plan = CreatePlan {
@@ -745,9 +754,10 @@ async fn write_image(plan: &CreatePlan, partial: &Path, flags: u32) -> Result<()
 }
 
 fn qcow2_options(plan: &CreatePlan, flags: u32) -> String {
+    // libvirt's default is the oldest qcow2 (0.10) unless asked otherwise.
     let mut o = vec![format!(
         "compat={}",
-        plan.def.compat.clone().unwrap_or_else(|| "1.1".into())
+        plan.def.compat.clone().unwrap_or_else(|| "0.10".into())
     )];
     if flags & VOL_CREATE_PREALLOC_METADATA != 0 {
         o.push("preallocation=metadata".into());
@@ -786,14 +796,28 @@ pub async fn create_vol(
     let facts = match outcome {
         Ok(()) => {
             let (name, path, target) = (plan.name.clone(), plan.path.clone(), plan.target.clone());
+            let (format, compat) = (plan.format.clone(), plan.def.compat.clone());
+            let features = plan.def.has_features.then(|| {
+                if plan.def.lazy_refcounts {
+                    vec!["lazy_refcounts".to_owned()]
+                } else {
+                    Vec::new()
+                }
+            });
             blocking(move || {
-                let f = disk::vol_facts(&name, &path).map_err(|e| {
+                let mut f = disk::vol_facts(&name, &path, false).map_err(|e| {
                     Error::System(format!(
                         "cannot stat file '{}': {}",
                         path.display(),
                         disk::strip_os_error(&e)
                     ))
                 })?;
+                // As libvirt: the definition's own compat and features
+                // until the next pool refresh reads the header.
+                if format == "qcow2" {
+                    f.compat = compat;
+                    f.features = features;
+                }
                 Ok((f, disk::statvfs(&target).ok()))
             })
             .await
@@ -878,7 +902,7 @@ pub async fn end_use(drv: &Driver, pool: String, name: String, result: Result<()
             let n = name.clone();
             blocking(move || {
                 Ok((
-                    disk::vol_facts(&n, Path::new(&path)).ok(),
+                    disk::vol_facts(&n, Path::new(&path), false).ok(),
                     disk::statvfs(&target).ok(),
                 ))
             })
@@ -894,7 +918,10 @@ pub async fn end_use(drv: &Driver, pool: String, name: String, result: Result<()
         }
         if let Some(v) = p.volumes.get_mut(&name) {
             v.in_use = v.in_use.saturating_sub(1);
-            if let Some(f) = fresh.0 {
+            if let Some(mut f) = fresh.0 {
+                f.compat = v.facts.compat.take();
+                f.cluster_size = v.facts.cluster_size;
+                f.features = v.facts.features.take();
                 v.facts = f;
             }
         }
