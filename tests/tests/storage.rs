@@ -908,20 +908,15 @@ fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
     use std::os::unix::fs::MetadataExt;
     let d = Daemon::start();
     let uri = d.uri();
-    virsh(
-        &uri,
-        &[
-            "vol-create-as",
-            "default",
-            "slow.img",
-            "512M",
-            "--allocation",
-            "0",
-        ],
-    )
-    .ok();
+    // Fully allocated: a wipe overwrites every allocated byte.
+    virsh(&uri, &["vol-create-as", "default", "slow.img", "512M"]).ok();
     let path = d.state_dir().join("images").join("slow.img");
-    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0);
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.mtime(), m.mtime_nsec()))
+            .unwrap_or_default()
+    };
+    let before = mtime(&path);
     let mut wipe = Command::new("virsh")
         .args([
             "-c",
@@ -936,12 +931,8 @@ fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The wipe is under way once the sparse file gains blocks.
-    wait_until(30, "the wipe to start writing", || {
-        std::fs::metadata(&path)
-            .map(|m| m.blocks() > 0)
-            .unwrap_or(false)
-    });
+    // The wipe is under way once the file is being written.
+    wait_until(30, "the wipe to start writing", || mtime(&path) != before);
     let e = virsh(&uri, &["vol-delete", "slow.img", "--pool", "default"])
         .fails()
         .to_owned();

@@ -424,6 +424,39 @@ pub fn resize_raw(path: &Path, old: u64, new: u64, preallocate: bool) -> Result<
         .map_err(|e| sys(e, format!("cannot sync file '{}'", path.display())))
 }
 
+/// Zeroes a sparse file by truncating it to nothing and back to `size`.
+pub fn zero_sparse(path: &Path, size: u64) -> Result<()> {
+    let f = fs::OpenOptions::new().write(true).open(path).map_err(|e| {
+        sys(
+            e,
+            format!(
+                "Failed to open storage volume with path '{}'",
+                path.display()
+            ),
+        )
+    })?;
+    f.set_len(0).map_err(|e| {
+        sys(
+            e,
+            format!(
+                "Failed to truncate volume with path '{}' to 0 bytes",
+                path.display()
+            ),
+        )
+    })?;
+    f.set_len(size).map_err(|e| {
+        sys(
+            e,
+            format!(
+                "Failed to truncate volume with path '{}' to {size} bytes",
+                path.display()
+            ),
+        )
+    })?;
+    f.sync_all()
+        .map_err(|e| sys(e, format!("cannot sync data to file '{}'", path.display())))
+}
+
 /// Overwrites the first `len` bytes with zeros or pseudo-random data.
 pub fn wipe(path: &Path, len: u64, random: bool) -> Result<()> {
     let mut f = fs::OpenOptions::new().write(true).open(path).map_err(|e| {

@@ -1016,12 +1016,14 @@ pub async fn wipe(drv: &Driver, vol: NonnullStorageVol, algorithm: u32) -> Resul
     }
     let (pool, facts, _) = begin_use(drv, vol).await?;
     let path = PathBuf::from(&facts.path);
-    let len = facts.allocation.max(if facts.format == "raw" {
-        facts.capacity
-    } else {
-        0
-    });
-    let result = if algorithm == WIPE_ZERO || algorithm == WIPE_RANDOM {
+    // As libvirt: a sparse file is zeroed by truncating it; otherwise its
+    // allocated bytes are overwritten.
+    let len = facts.allocation;
+    let sparse = facts.vol_type == "file" && facts.allocation < facts.physical;
+    let result = if algorithm == WIPE_ZERO && sparse {
+        let size = facts.physical;
+        blocking(move || disk::zero_sparse(&path, size)).await
+    } else if algorithm == WIPE_ZERO || algorithm == WIPE_RANDOM {
         blocking(move || disk::wipe(&path, len, algorithm == WIPE_RANDOM)).await
     } else {
         let pattern = [
