@@ -680,6 +680,23 @@ try:
     raise SystemExit("duplicate accepted")
 except libvirt.libvirtError as e:
     assert e.get_error_code() == libvirt.VIR_ERR_STORAGE_VOL_EXIST, e
+# Across pools and formats, into a transient pool.
+other = conn.storagePoolCreateXML("<pool type='dir'><name>py2</name><target><path>{target}2</path></target></pool>", libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+assert other.isPersistent() == 0 and other.isActive() == 1
+copy = other.createXMLFrom("<volume><name>copy.qcow2</name><target><format type='qcow2'/></target></volume>", clone, 0)
+assert copy.info()[1] == 16 << 20 and "<format type='qcow2'/>" in copy.XMLDesc(0)
+try:
+    other.undefine()
+    raise SystemExit("undefine of an active transient pool accepted")
+except libvirt.libvirtError as e:
+    assert "still active" in str(e), e
+copy.delete(0)
+other.destroy()
+try:
+    conn.storagePoolLookupByName("py2")
+    raise SystemExit("transient pool kept after destroy")
+except libvirt.libvirtError as e:
+    assert e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL, e
 pool.refresh(0)
 clone.delete(0)
 vol.delete(0)
@@ -694,9 +711,11 @@ except libvirt.libvirtError as e:
 deadline = time.time() + 10
 want = [("lifecycle", "py", 0), ("lifecycle", "py", 4), ("lifecycle", "py", 2), ("refresh", "py"),
         ("lifecycle", "py", 3), ("lifecycle", "py", 5), ("lifecycle", "py", 1)]
-while time.time() < deadline and len(seen) < len(want):
+mine = lambda: [e for e in seen if e[1] == "py"]
+while time.time() < deadline and len(mine()) < len(want):
     time.sleep(0.1)
-assert seen == want, seen
+assert mine() == want, seen
+assert ("lifecycle", "py2", 2) in seen and ("lifecycle", "py2", 3) in seen, seen
 print("ok")
 "#,
         target = target.display()
