@@ -463,12 +463,33 @@ fn pools_survive_restart_and_partial_creates_vanish() {
     std::fs::write(target.join(".qemud-partial-b.qcow2"), b"half").unwrap();
     virsh(&uri, &["pool-refresh", "keep"]).ok();
     assert_eq!(virsh(&uri, &["vol-list", "keep"]).ok().lines().count(), 1);
+    // A transient pool lives as long as it is active, across restarts too.
+    let tr = d.dir.path().join("tr");
+    virsh(
+        &uri,
+        &[
+            "pool-create-as",
+            "tr",
+            "dir",
+            "--target",
+            tr.to_str().unwrap(),
+            "--build",
+        ],
+    )
+    .ok();
     d.kill9();
     d.restart();
     let uri = d.uri();
-    wait_until(20, "pool keep resumed", || {
-        squash(virsh(&uri, &["pool-list"]).ok()).contains("keep active yes")
+    wait_until(20, "pools keep and tr resumed", || {
+        let l = squash(virsh(&uri, &["pool-list"]).ok());
+        l.contains("keep active yes") && l.contains("tr active no")
     });
+    let transient = virsh(&uri, &["pool-list", "--transient"]).ok().to_owned();
+    assert!(squash(&transient).contains("tr active no"), "{transient}");
+    virsh(&uri, &["pool-destroy", "tr"]).ok();
+    assert!(virsh(&uri, &["pool-info", "tr"])
+        .fails()
+        .contains("no storage pool with matching name 'tr'"));
     let vols = virsh(&uri, &["vol-list", "keep"]).ok().to_owned();
     assert!(
         vols.contains("a.qcow2") && vols.lines().count() == 1,
@@ -973,6 +994,73 @@ fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
     virsh(&uri, &["pool-list", "--all"]).ok();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(wipe.wait().unwrap().success());
-    virsh(&uri, &["vol-delete", "slow.img", "--pool", "default"]).ok();
-    virsh(&uri, &["vol-delete", "quick.qcow2", "--pool", "default"]).ok();
+
+    // A volume being created: listed, but neither deletable nor usable by
+    // a domain until its data is in place.
+    let images = d.state_dir().join("images");
+    let src = images.join("src.img");
+    let mut f = std::fs::File::create(&src).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..512 {
+        for c in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        std::io::Write::write_all(&mut f, &block).unwrap();
+    }
+    drop(f);
+    virsh(&uri, &["pool-refresh", "default"]).ok();
+    let dom = tiny_xml("usesbusy").replace(
+        "<devices>",
+        "<devices><disk type='volume' device='disk'><source pool='default' volume='busy.qcow2'/>\
+         <target dev='vda' bus='virtio'/></disk>",
+    );
+    let x = write_xml(d.dir.path(), "usesbusy", &dom);
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    let from = write_xml(
+        d.dir.path(),
+        "busy",
+        "<volume><name>busy.qcow2</name><target><format type='qcow2'/></target></volume>",
+    );
+    let mut clone = Command::new("virsh")
+        .args([
+            "-c",
+            &uri,
+            "vol-create-from",
+            "default",
+            from.to_str().unwrap(),
+            "src.img",
+        ])
+        .args(["--inputpool", "default"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(30, "the clone to start", || {
+        images.join(".qemud-partial-busy.qcow2").exists()
+    });
+    let e = virsh(&uri, &["vol-delete", "busy.qcow2", "--pool", "default"])
+        .fails()
+        .to_owned();
+    let e2 = virsh(&uri, &["start", "usesbusy"]).fails().to_owned();
+    let e3 = virsh(&uri, &["vol-delete", "src.img", "--pool", "default"])
+        .fails()
+        .to_owned();
+    assert!(clone.wait().unwrap().success());
+    assert!(
+        e.contains("volume 'busy.qcow2' is still being allocated."),
+        "{e}"
+    );
+    assert!(
+        e2.contains("volume 'busy.qcow2' is still being allocated."),
+        "{e2}"
+    );
+    assert!(e3.contains("volume 'src.img' is still in use."), "{e3}");
+    assert!(!images.join(".qemud-partial-busy.qcow2").exists());
+    virsh(&uri, &["undefine", "usesbusy"]).ok();
+    for v in ["slow.img", "quick.qcow2", "busy.qcow2", "src.img"] {
+        virsh(&uri, &["vol-delete", v, "--pool", "default"]).ok();
+    }
 }
