@@ -276,6 +276,10 @@ impl PoolDef {
         if name.contains('/') {
             return Err(xml_err(format!("name {name} cannot contain '/'")));
         }
+        // The name also names the pool's files under the state directory.
+        if name == "." || name == ".." {
+            return Err(xml_err(format!("name {name} is not a valid pool name")));
+        }
         let uuid = match text_of(child(root, "uuid")) {
             None => Uuid::new_v4(),
             Some(u) => Uuid::parse_str(&u).map_err(|_| xml_err("malformed uuid element"))?,
