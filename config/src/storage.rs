@@ -251,11 +251,8 @@ impl PoolDef {
         if let Some(fmt) = &source.format {
             let known: &[&str] = match pool_type {
                 PoolType::Dir => &[],
-                PoolType::Fs => &[
-                    "auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2", "vfat",
-                    "hfs+", "xfs", "ocfs2", "vmfs",
-                ],
-                PoolType::Netfs => &["auto", "nfs", "glusterfs", "cifs"],
+                PoolType::Fs => FS_FORMATS,
+                PoolType::Netfs => NETFS_FORMATS,
                 PoolType::Logical => &["auto", "lvm2"],
             };
             if !known.is_empty() && !known.contains(&fmt.as_str()) {
@@ -626,6 +623,67 @@ impl VolFacts {
         x.push_str("</volume>\n");
         x
     }
+}
+
+/// Source formats of fs pools, in libvirt's order.
+const FS_FORMATS: &[&str] = &[
+    "auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2", "vfat", "hfs+", "xfs",
+    "ocfs2", "vmfs",
+];
+/// Source formats of netfs pools.
+const NETFS_FORMATS: &[&str] = &["auto", "nfs", "glusterfs", "cifs"];
+
+/// `virConnectGetStoragePoolCapabilities`: the pool types qemud runs, with
+/// their formats, and the other libvirt types marked unsupported.
+pub fn pool_capabilities_xml() -> String {
+    fn options(x: &mut String, kind: &str, enum_name: &str, default: &str, values: &[&str]) {
+        let _ = writeln!(x, "    <{kind}>");
+        let _ = writeln!(x, "      <defaultFormat type='{default}'/>");
+        let _ = writeln!(x, "      <enum name='{enum_name}'>");
+        for v in values {
+            let _ = writeln!(x, "        <value>{}</value>", esc(v));
+        }
+        x.push_str("      </enum>\n");
+        let _ = writeln!(x, "    </{kind}>");
+    }
+    let mut vol_formats = vec!["none"];
+    vol_formats.extend_from_slice(FILE_FORMATS);
+    let mut x = String::from("<storagepoolCapabilities>\n");
+    for (ty, pool_formats) in [
+        ("dir", None),
+        ("fs", Some(FS_FORMATS)),
+        ("netfs", Some(NETFS_FORMATS)),
+    ] {
+        let _ = writeln!(x, "  <pool type='{ty}' supported='yes'>");
+        if let Some(f) = pool_formats {
+            options(&mut x, "poolOptions", "sourceFormatType", "auto", f);
+        }
+        options(
+            &mut x,
+            "volOptions",
+            "targetFormatType",
+            "raw",
+            &vol_formats,
+        );
+        x.push_str("  </pool>\n");
+    }
+    for ty in [
+        "logical",
+        "disk",
+        "iscsi",
+        "iscsi-direct",
+        "scsi",
+        "mpath",
+        "rbd",
+        "sheepdog",
+        "gluster",
+        "zfs",
+        "vstorage",
+    ] {
+        let _ = writeln!(x, "  <pool type='{ty}' supported='no'>\n  </pool>");
+    }
+    x.push_str("</storagepoolCapabilities>\n");
+    x
 }
 
 #[cfg(test)]

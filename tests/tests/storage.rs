@@ -127,6 +127,11 @@ fn virsh_dir_pool_and_volumes_like_libvirt() {
     );
     virsh(&uri, &["pool-refresh", "p1"]).ok();
     refreshes.expect("event 'refresh' for storage pool p1", 10);
+    let caps = virsh(&uri, &["pool-capabilities"]).ok().to_owned();
+    assert!(
+        caps.contains("<pool type='dir' supported='yes'>\n    <volOptions>\n      <defaultFormat type='raw'/>"),
+        "{caps}"
+    );
 
     // Volumes through qemu-img.
     assert_eq!(

@@ -89,6 +89,11 @@ pub fn procedures() -> Vec<Procedure> {
         call!(STORAGE_VOL_GET_INFO_FLAGS, Read, vol_get_info_flags),
         call!(STORAGE_VOL_GET_XML_DESC, Read, vol_get_xml_desc),
         call!(STORAGE_VOL_GET_PATH, Read, vol_get_path),
+        call!(
+            CONNECT_GET_STORAGE_POOL_CAPABILITIES,
+            Read,
+            pool_capabilities
+        ),
         call!(STORAGE_VOL_UPLOAD, Write, vol_upload),
         call!(STORAGE_VOL_DOWNLOAD, Write, vol_download),
     ]
@@ -680,4 +685,14 @@ async fn vol_upload(call: &Call, a: StorageVolUploadArgs) -> Result<()> {
         transfer::finish_transfer(&driver, t).await;
     });
     Ok(())
+}
+
+async fn pool_capabilities(
+    _: &Call,
+    a: ConnectGetStoragePoolCapabilitiesArgs,
+) -> Result<ConnectGetStoragePoolCapabilitiesRet> {
+    check_flags(a.flags, 0, "virConnectGetStoragePoolCapabilities")?;
+    Ok(ConnectGetStoragePoolCapabilitiesRet {
+        capabilities: qemud_config::storage::pool_capabilities_xml().into(),
+    })
 }
