@@ -61,6 +61,8 @@ pub struct Pool {
     pub persistent: bool,
     pub autostart: bool,
     pub active: bool,
+    /// A start is under way (scanning, mounting).
+    pub starting: bool,
     pub sizes: PoolSizes,
     pub volumes: BTreeMap<String, Vol>,
     /// Creates, wipes and resizes running now.
@@ -498,6 +500,7 @@ pub fn new_pool(def: PoolDef, persistent: bool, autostart: bool) -> Pool {
         persistent,
         autostart,
         active: false,
+        starting: false,
         sizes: PoolSizes::default(),
         volumes: BTreeMap::new(),
         jobs: 0,

@@ -306,31 +306,57 @@ pub async fn start_pool(
                 p.def.name
             )));
         }
+        if p.starting {
+            return Err(Error::OperationInvalid(format!(
+                "storage pool '{}' is starting up",
+                p.def.name
+            )));
+        }
+        p.starting = true;
         if let Some(next) = p.pending_def.take() {
             p.def = next;
         }
         Ok(p.def.clone())
     })
     .await?;
-    if flags & (CREATE_WITH_BUILD | CREATE_WITH_BUILD_OVERWRITE | CREATE_WITH_BUILD_NO_OVERWRITE)
-        != 0
-    {
-        let d2 = def.clone();
-        blocking(move || build_target(&d2, 0)).await?;
+    let prepared = async {
+        if flags
+            & (CREATE_WITH_BUILD | CREATE_WITH_BUILD_OVERWRITE | CREATE_WITH_BUILD_NO_OVERWRITE)
+            != 0
+        {
+            let d2 = def.clone();
+            blocking(move || build_target(&d2, 0)).await?;
+        }
+        if matches!(def.pool_type, PoolType::Fs | PoolType::Netfs) {
+            mount(&def).await?;
+        }
+        let target = PathBuf::from(&def.target_path);
+        blocking(move || {
+            disk::remove_partials(&target);
+            let vols = disk::scan_dir(&target)?;
+            Ok((vols, disk::statvfs(&target)?))
+        })
+        .await
     }
-    if matches!(def.pool_type, PoolType::Fs | PoolType::Netfs) {
-        mount(&def).await?;
-    }
-    let target = PathBuf::from(&def.target_path);
-    let (vols, sizes) = blocking(move || {
-        disk::remove_partials(&target);
-        let vols = disk::scan_dir(&target)?;
-        Ok((vols, disk::statvfs(&target)?))
-    })
-    .await?;
+    .await;
+    let n = name.to_owned();
+    let (vols, sizes) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = with(drv, move |d| {
+                if let Some(p) = d.pools.get_mut(&n) {
+                    p.starting = false;
+                }
+                Ok(())
+            })
+            .await;
+            return Err(e);
+        }
+    };
     let n = name.to_owned();
     with(drv, move |d| {
         let p = d.pool_mut(&n)?;
+        p.starting = false;
         p.active = true;
         p.sizes = sizes;
         p.volumes = vols
@@ -378,6 +404,13 @@ pub async fn destroy(drv: &Driver, pool: NonnullStoragePool) -> Result<()> {
     let name = def.name.clone();
     with(drv, move |d| {
         let p = d.pool_mut(&name)?;
+        // A create may have begun meanwhile.
+        if p.jobs > 0 {
+            return Err(Error::OperationInvalid(format!(
+                "pool '{}' has asynchronous jobs running.",
+                p.def.name
+            )));
+        }
         p.active = false;
         p.volumes.clear();
         p.sizes = PoolSizes::default();
