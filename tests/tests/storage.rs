@@ -352,6 +352,42 @@ fn virsh_dir_pool_and_volumes_like_libvirt() {
     .fails()
     .to_owned();
     assert!(e.contains(&format!("'{t}/huge'")), "{e}");
+    for (args, want) in [
+        (
+            &["vol-create-as", "p1", "pr.img", "1M", "--prealloc-metadata"][..],
+            "unsupported configuration: metadata preallocation is not supported for raw volumes",
+        ),
+        (
+            &[
+                "vol-create-as",
+                "p1",
+                "rb.img",
+                "1M",
+                "--backing-vol",
+                "v1.qcow2",
+            ][..],
+            "backing storage not supported for raw volumes",
+        ),
+        (
+            &[
+                "vol-create-as",
+                "p1",
+                "pb.qcow2",
+                "1M",
+                "--format",
+                "qcow2",
+                "--prealloc-metadata",
+                "--backing-vol",
+                "v1.qcow2",
+                "--backing-vol-format",
+                "qcow2",
+            ][..],
+            "metadata preallocation conflicts with backing store",
+        ),
+    ] {
+        let e = virsh(&uri, args).fails().to_owned();
+        assert!(e.contains(want), "{e}");
+    }
     // A backing chain that loops.
     let a = target.join("loop-a.qcow2");
     let b = target.join("loop-b.qcow2");

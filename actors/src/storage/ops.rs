@@ -562,6 +562,7 @@ fn begin_create(
     pool: &NonnullStoragePool,
     def: VolDef,
     source: Option<&NonnullStorageVol>,
+    flags: u32,
 ) -> Result<CreatePlan> {
     let p = d.pool_by_wire(pool)?;
     p.check_active()?;
@@ -615,12 +616,36 @@ fn begin_create(
         )));
     }
     if def.backing_path.is_some() && format == "raw" {
-        return Err(Error::Other {
-            code: ErrorCode::ConfigUnsupported,
-            domain: ErrorDomain::Storage,
-            message: "unsupported configuration: backing storage not supported for raw volumes"
-                .into(),
-        });
+        return Err(Error::NoSupport(
+            "backing storage not supported for raw volumes".into(),
+        ));
+    }
+    let unsupported = |m: &str| Error::Other {
+        code: ErrorCode::ConfigUnsupported,
+        domain: ErrorDomain::Storage,
+        message: format!("unsupported configuration: {m}"),
+    };
+    if flags & VOL_CREATE_PREALLOC_METADATA != 0 {
+        if format == "raw" {
+            return Err(unsupported(
+                "metadata preallocation is not supported for raw volumes",
+            ));
+        }
+        if format != "qcow2" {
+            return Err(unsupported(
+                "metadata preallocation only available with qcow2",
+            ));
+        }
+        if def.backing_path.is_some() {
+            return Err(unsupported(
+                "metadata preallocation conflicts with backing store",
+            ));
+        }
+    }
+    if def.compat.is_some() && format != "qcow2" && format != "raw" {
+        return Err(unsupported(
+            "compatibility option only available with qcow2",
+        ));
     }
     if def.lazy_refcounts && def.compat.as_deref() == Some("0.10") {
         return Err(Error::Other {
@@ -792,8 +817,13 @@ fn qcow2_options(plan: &CreatePlan, flags: u32) -> String {
         "compat={}",
         plan.def.compat.clone().unwrap_or_else(|| "0.10".into())
     )];
+    // As libvirt: metadata only while the image is to stay sparse.
     if flags & VOL_CREATE_PREALLOC_METADATA != 0 {
-        o.push("preallocation=metadata".into());
+        if plan.capacity.div_ceil(1024) > plan.allocation.div_ceil(1024) {
+            o.push("preallocation=metadata".into());
+        } else {
+            o.push("preallocation=falloc".into());
+        }
     }
     if plan.def.lazy_refcounts {
         o.push("lazy_refcounts".into());
@@ -824,7 +854,10 @@ pub async fn create_vol(
     flags: u32,
 ) -> Result<NonnullStorageVol> {
     let def = VolDef::parse(&xml, clone_of.is_none()).map_err(xml_error)?;
-    let plan = with(drv, move |d| begin_create(d, &pool, def, clone_of.as_ref())).await?;
+    let plan = with(drv, move |d| {
+        begin_create(d, &pool, def, clone_of.as_ref(), flags)
+    })
+    .await?;
     let outcome = run_create(&plan, flags).await;
     let facts = match outcome {
         Ok(()) => {
