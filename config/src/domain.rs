@@ -609,11 +609,16 @@ impl DomainDef {
                 esc_attr(&disk.source_type),
                 esc_attr(&disk.device)
             );
-            let _ = writeln!(
-                x,
-                "      <driver name='qemu' type='{}'/>",
-                esc_attr(&disk.format)
-            );
+            if disk.volume.as_ref().is_some_and(|v| v.format_from_volume) {
+                // The volume says which format it is, at each start.
+                x.push_str("      <driver name='qemu'/>\n");
+            } else {
+                let _ = writeln!(
+                    x,
+                    "      <driver name='qemu' type='{}'/>",
+                    esc_attr(&disk.format)
+                );
+            }
             if let Some(v) = &disk.volume {
                 let _ = writeln!(
                     x,
@@ -1786,7 +1791,10 @@ mod tests {
                 ),
                 "disk type 'network'",
             ),
-            (with_devices("<disk type='volume'/>"), "disk type 'volume'"),
+            (
+                with_devices("<disk type='network'/>"),
+                "disk type 'network'",
+            ),
             (with_devices("<disk type='dir'/>"), "disk type 'dir'"),
             (
                 with_devices("<graphics type='spice'/>"),
@@ -1972,6 +1980,33 @@ mod tests {
                  <interface type='user'><boot order='1'/></interface>"
             )),
             Err(DomainXmlError::Invalid(m)) if m.contains("more than one")
+        ));
+    }
+
+    #[test]
+    fn volume_disks_keep_pool_and_volume() {
+        for (driver, from_volume) in ["", "<driver name='qemu' type='qcow2'/>"]
+            .iter()
+            .zip([true, false])
+        {
+            let d = parse(&with_devices(&format!(
+                "<disk type='volume' device='disk'>{driver}<source pool='p' volume='v.qcow2'/>\
+                 <target dev='vda' bus='virtio'/></disk>"
+            )));
+            let disk = &d.devices.disks[0];
+            let v = disk.volume.as_ref().unwrap();
+            assert_eq!((v.pool.as_str(), v.volume.as_str()), ("p", "v.qcow2"));
+            assert_eq!(v.format_from_volume, from_volume);
+            assert!(disk.source.is_none());
+            let xml = d.to_xml(None);
+            assert!(xml.contains("<source pool='p' volume='v.qcow2'/>"), "{xml}");
+            roundtrips(&d);
+        }
+        assert!(matches!(
+            err(&with_devices(
+                "<disk type='volume'><source volume='v'/><target dev='vda'/></disk>"
+            )),
+            DomainXmlError::Invalid(m) if m.contains("'pool'")
         ));
     }
 }
