@@ -16,6 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     qemu-system-x86 \
+    qemu-utils \
     libvirt-clients \
     python3-libvirt \
     busybox-static \

@@ -39,6 +39,8 @@ pub struct Services {
     pub events: Addr<events::EventBus>,
     pub secrets: Addr<secret::driver::SecretDriver>,
     pub nodedevs: nodedev::NodeDevices,
+    /// The storage driver, owner of every pool and volume.
+    pub storage: Addr<storage::driver::StorageDriver>,
     /// The driver URI clients get from `virConnectGetURI`.
     pub uri: String,
 }

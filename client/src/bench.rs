@@ -44,6 +44,12 @@ pub struct BenchArgs {
     /// Calls per measurement of the all-domain stats phase.
     #[arg(long, default_value_t = 20)]
     pub stats_calls: usize,
+    /// Volumes created and deleted in the storage phase; 0 skips.
+    #[arg(long, default_value_t = 20)]
+    pub volumes: usize,
+    /// The (active) storage pool of the storage phase; skipped when absent.
+    #[arg(long, default_value = "default")]
+    pub pool: String,
     /// Domain type of the bench domains: kvm or qemu (default: kvm when /dev/kvm is usable).
     #[arg(long)]
     pub domain_type: Option<String>,
@@ -338,6 +344,24 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         );
     }
     c.undefine(&probe).await?;
+
+    // Storage: qcow2 volume create (qemu-img) and delete latency.
+    if a.volumes > 0 {
+        if let Ok(pool) = c.pool_lookup(&a.pool).await {
+            let (mut create, mut delete) = (vec![], vec![]);
+            for i in 0..a.volumes {
+                let xml = format!(
+                    "<volume><name>{prefix}vol-{i}.qcow2</name><capacity unit='G'>1</capacity>\
+                     <target><format type='qcow2'/></target></volume>"
+                );
+                let (t, v) = timed(c.vol_create_xml(&pool, &xml, 0)).await?;
+                create.push(t);
+                delete.push(timed(c.vol_delete(&v)).await?.0);
+            }
+            rows.push(row("vol-create qcow2 1G", create, None));
+            rows.push(row("vol-delete", delete, None));
+        }
+    }
     Ok(rows)
 }
 

@@ -479,6 +479,205 @@ impl Client {
     }
 }
 
+// Storage pools and volumes.
+impl Client {
+    /// A pool by name, or by UUID when `what` is one.
+    pub async fn pool_lookup(&self, what: &str) -> Result<NonnullStoragePool> {
+        let by_name: Result<StoragePoolLookupByNameRet> = self
+            .call(
+                STORAGE_POOL_LOOKUP_BY_NAME,
+                &StoragePoolLookupByNameArgs { name: what.into() },
+            )
+            .await;
+        match (by_name, uuid::Uuid::parse_str(what)) {
+            (Ok(r), _) => Ok(r.pool),
+            (Err(_), Ok(u)) => {
+                let r: StoragePoolLookupByUuidRet = self
+                    .call(
+                        STORAGE_POOL_LOOKUP_BY_UUID,
+                        &StoragePoolLookupByUuidArgs {
+                            uuid: Uuid16(*u.as_bytes()),
+                        },
+                    )
+                    .await?;
+                Ok(r.pool)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    pub async fn list_all_pools(&self, flags: u32) -> Result<Vec<NonnullStoragePool>> {
+        let r: ConnectListAllStoragePoolsRet = self
+            .call(
+                CONNECT_LIST_ALL_STORAGE_POOLS,
+                &ConnectListAllStoragePoolsArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.pools.0)
+    }
+
+    pub async fn pool_define_xml(&self, xml: &str) -> Result<NonnullStoragePool> {
+        let r: StoragePoolDefineXmlRet = self
+            .call(
+                STORAGE_POOL_DEFINE_XML,
+                &StoragePoolDefineXmlArgs {
+                    xml: xml.into(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.pool)
+    }
+
+    pub async fn pool_build(&self, pool: &NonnullStoragePool, flags: u32) -> Result<()> {
+        let a = StoragePoolBuildArgs {
+            pool: pool.clone(),
+            flags,
+        };
+        self.call_void(STORAGE_POOL_BUILD, &a).await
+    }
+
+    pub async fn pool_start(&self, pool: &NonnullStoragePool, flags: u32) -> Result<()> {
+        let a = StoragePoolCreateArgs {
+            pool: pool.clone(),
+            flags,
+        };
+        self.call_void(STORAGE_POOL_CREATE, &a).await
+    }
+
+    pub async fn pool_destroy(&self, pool: &NonnullStoragePool) -> Result<()> {
+        let a = StoragePoolDestroyArgs { pool: pool.clone() };
+        self.call_void(STORAGE_POOL_DESTROY, &a).await
+    }
+
+    pub async fn pool_delete(&self, pool: &NonnullStoragePool) -> Result<()> {
+        let a = StoragePoolDeleteArgs {
+            pool: pool.clone(),
+            flags: 0,
+        };
+        self.call_void(STORAGE_POOL_DELETE, &a).await
+    }
+
+    pub async fn pool_undefine(&self, pool: &NonnullStoragePool) -> Result<()> {
+        let a = StoragePoolUndefineArgs { pool: pool.clone() };
+        self.call_void(STORAGE_POOL_UNDEFINE, &a).await
+    }
+
+    pub async fn pool_refresh(&self, pool: &NonnullStoragePool) -> Result<()> {
+        let a = StoragePoolRefreshArgs {
+            pool: pool.clone(),
+            flags: 0,
+        };
+        self.call_void(STORAGE_POOL_REFRESH, &a).await
+    }
+
+    pub async fn pool_info(&self, pool: &NonnullStoragePool) -> Result<StoragePoolGetInfoRet> {
+        let a = StoragePoolGetInfoArgs { pool: pool.clone() };
+        self.call(STORAGE_POOL_GET_INFO, &a).await
+    }
+
+    pub async fn pool_xml(&self, pool: &NonnullStoragePool, flags: u32) -> Result<String> {
+        let a = StoragePoolGetXmlDescArgs {
+            pool: pool.clone(),
+            flags,
+        };
+        let r: StoragePoolGetXmlDescRet = self.call(STORAGE_POOL_GET_XML_DESC, &a).await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn pool_autostart(&self, pool: &NonnullStoragePool) -> Result<bool> {
+        let a = StoragePoolGetAutostartArgs { pool: pool.clone() };
+        let r: StoragePoolGetAutostartRet = self.call(STORAGE_POOL_GET_AUTOSTART, &a).await?;
+        Ok(r.autostart != 0)
+    }
+
+    pub async fn pool_is_persistent(&self, pool: &NonnullStoragePool) -> Result<bool> {
+        let a = StoragePoolIsPersistentArgs { pool: pool.clone() };
+        let r: StoragePoolIsPersistentRet = self.call(STORAGE_POOL_IS_PERSISTENT, &a).await?;
+        Ok(r.persistent != 0)
+    }
+
+    pub async fn list_all_volumes(
+        &self,
+        pool: &NonnullStoragePool,
+    ) -> Result<Vec<NonnullStorageVol>> {
+        let a = StoragePoolListAllVolumesArgs {
+            pool: pool.clone(),
+            need_results: 1,
+            flags: 0,
+        };
+        let r: StoragePoolListAllVolumesRet = self.call(STORAGE_POOL_LIST_ALL_VOLUMES, &a).await?;
+        Ok(r.vols.0)
+    }
+
+    pub async fn vol_lookup(
+        &self,
+        pool: &NonnullStoragePool,
+        name: &str,
+    ) -> Result<NonnullStorageVol> {
+        let a = StorageVolLookupByNameArgs {
+            pool: pool.clone(),
+            name: name.into(),
+        };
+        let r: StorageVolLookupByNameRet = self.call(STORAGE_VOL_LOOKUP_BY_NAME, &a).await?;
+        Ok(r.vol)
+    }
+
+    pub async fn vol_create_xml(
+        &self,
+        pool: &NonnullStoragePool,
+        xml: &str,
+        flags: u32,
+    ) -> Result<NonnullStorageVol> {
+        let a = StorageVolCreateXmlArgs {
+            pool: pool.clone(),
+            xml: xml.into(),
+            flags,
+        };
+        let r: StorageVolCreateXmlRet = self.call(STORAGE_VOL_CREATE_XML, &a).await?;
+        Ok(r.vol)
+    }
+
+    pub async fn vol_info(&self, vol: &NonnullStorageVol) -> Result<StorageVolGetInfoRet> {
+        let a = StorageVolGetInfoArgs { vol: vol.clone() };
+        self.call(STORAGE_VOL_GET_INFO, &a).await
+    }
+
+    pub async fn vol_xml(&self, vol: &NonnullStorageVol) -> Result<String> {
+        let a = StorageVolGetXmlDescArgs {
+            vol: vol.clone(),
+            flags: 0,
+        };
+        let r: StorageVolGetXmlDescRet = self.call(STORAGE_VOL_GET_XML_DESC, &a).await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn vol_delete(&self, vol: &NonnullStorageVol) -> Result<()> {
+        let a = StorageVolDeleteArgs {
+            vol: vol.clone(),
+            flags: 0,
+        };
+        self.call_void(STORAGE_VOL_DELETE, &a).await
+    }
+
+    pub async fn vol_resize(
+        &self,
+        vol: &NonnullStorageVol,
+        capacity: u64,
+        flags: u32,
+    ) -> Result<()> {
+        let a = StorageVolResizeArgs {
+            vol: vol.clone(),
+            capacity,
+            flags,
+        };
+        self.call_void(STORAGE_VOL_RESIZE, &a).await
+    }
+}
+
 /// The task that owns the stream.
 async fn run(
     mut framed: Framed<transport::BoxedStream, RpcCodec>,

@@ -113,6 +113,8 @@ enum Cmd {
     /// Mixed load for a set time; the daemon's RSS, fds, threads and QEMUs before and after.
     Soak(soak::SoakArgs),
     #[command(flatten)]
+    Storage(StorageCmd),
+    #[command(flatten)]
     Stats(stats_cmds::StatsCmd),
     #[command(flatten)]
     Objects(ObjectCmd),
@@ -698,6 +700,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Cmd::Objects(cmd) => objects(c, cmd, json).await?,
         Cmd::Stats(cmd) => stats_cmds::run(c, cmd, json).await?,
         Cmd::Bench(_) | Cmd::Soak(_) => unreachable!("handled above"),
+        Cmd::Storage(cmd) => storage_command(c, cmd, json).await?,
         Cmd::Host(cmd) => run_host(c, cmd, json).await?,
     }
     Ok(())
@@ -1065,6 +1068,420 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
                     .collect();
                 print_table(&["Name", "State", "Autostart"], &rows);
             }
+        }
+    }
+    Ok(())
+}
+
+// Storage pools and volumes: virsh's pool-* and vol-* commands.
+
+#[derive(Subcommand)]
+enum StorageCmd {
+    /// Define a pool from a name, a type and a target directory.
+    #[command(name = "pool-define-as")]
+    PoolDefineAs {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        pool_type: String,
+        #[arg(long)]
+        target: String,
+    },
+    /// Build a pool's target (create its directory).
+    #[command(name = "pool-build")]
+    PoolBuild { pool: String },
+    /// Start a defined pool.
+    #[command(name = "pool-start")]
+    PoolStart { pool: String },
+    /// Stop a pool (its volumes stay on disk).
+    #[command(name = "pool-destroy")]
+    PoolDestroy { pool: String },
+    /// Remove an inactive pool's target directory.
+    #[command(name = "pool-delete")]
+    PoolDelete { pool: String },
+    /// Remove an inactive pool's definition.
+    #[command(name = "pool-undefine")]
+    PoolUndefine { pool: String },
+    /// List pools.
+    #[command(name = "pool-list")]
+    PoolList {
+        /// Include inactive pools.
+        #[arg(long)]
+        all: bool,
+    },
+    /// A pool's state and sizes.
+    #[command(name = "pool-info")]
+    PoolInfo { pool: String },
+    /// A pool's XML.
+    #[command(name = "pool-dumpxml")]
+    PoolDumpxml {
+        pool: String,
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Create a volume from a name and a size (e.g. 10G).
+    #[command(name = "vol-create-as")]
+    VolCreateAs {
+        pool: String,
+        name: String,
+        capacity: String,
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        allocation: Option<String>,
+        /// Path of the backing image.
+        #[arg(long = "backing-vol")]
+        backing_vol: Option<String>,
+        #[arg(long = "backing-vol-format")]
+        backing_vol_format: Option<String>,
+        #[arg(long = "prealloc-metadata")]
+        prealloc_metadata: bool,
+    },
+    /// List a pool's volumes.
+    #[command(name = "vol-list")]
+    VolList { pool: String },
+    /// A volume's type and sizes.
+    #[command(name = "vol-info")]
+    VolInfo {
+        vol: String,
+        #[arg(long)]
+        pool: String,
+    },
+    /// A volume's XML.
+    #[command(name = "vol-dumpxml")]
+    VolDumpxml {
+        vol: String,
+        #[arg(long)]
+        pool: String,
+    },
+    /// Delete a volume.
+    #[command(name = "vol-delete")]
+    VolDelete {
+        vol: String,
+        #[arg(long)]
+        pool: String,
+    },
+    /// Change a volume's capacity.
+    #[command(name = "vol-resize")]
+    VolResize {
+        vol: String,
+        capacity: String,
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        shrink: bool,
+        #[arg(long)]
+        allocate: bool,
+        #[arg(long)]
+        delta: bool,
+    },
+}
+
+/// virsh's sizes: a number with an optional binary suffix (K, M, G, T, P).
+fn parse_size(s: &str) -> Result<u64, ClientError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| ClientError::Protocol(format!("malformed size {s}")))?;
+    let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        "t" | "T" => 40,
+        "p" | "P" => 50,
+        _ => return Err(ClientError::Protocol(format!("malformed size {s}"))),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| ClientError::Protocol(format!("size {s} is too large")))
+}
+
+/// virsh's human sizes: "1.00 GiB".
+fn pretty_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.2} {}", units[i])
+}
+
+fn pool_state_name(state: u8) -> &'static str {
+    match state {
+        0 => "inactive",
+        1 => "building",
+        2 => "running",
+        3 => "degraded",
+        4 => "inaccessible",
+        _ => "unknown",
+    }
+}
+
+fn esc_xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+}
+
+fn report(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        print_json(value);
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), ClientError> {
+    match cmd {
+        StorageCmd::PoolDefineAs {
+            name,
+            pool_type,
+            target,
+        } => {
+            let xml = format!(
+                "<pool type='{}'>\n  <name>{}</name>\n  <target>\n    <path>{}</path>\n  </target>\n</pool>\n",
+                esc_xml(&pool_type),
+                esc_xml(&name),
+                esc_xml(&target)
+            );
+            let p = c.pool_define_xml(&xml).await?;
+            let uuid = uuid::Uuid::from_bytes(p.uuid.0);
+            report(
+                json,
+                json!({"name": p.name.0, "uuid": uuid.to_string()}),
+                format!("Pool {name} defined"),
+            );
+        }
+        StorageCmd::PoolBuild { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            c.pool_build(&p, 0).await?;
+            report(
+                json,
+                json!({"name": pool, "result": "built"}),
+                format!("Pool {pool} built"),
+            );
+        }
+        StorageCmd::PoolStart { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            c.pool_start(&p, 0).await?;
+            report(
+                json,
+                json!({"name": pool, "result": "started"}),
+                format!("Pool {pool} started"),
+            );
+        }
+        StorageCmd::PoolDestroy { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            c.pool_destroy(&p).await?;
+            report(
+                json,
+                json!({"name": pool, "result": "destroyed"}),
+                format!("Pool {pool} destroyed"),
+            );
+        }
+        StorageCmd::PoolDelete { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            c.pool_delete(&p).await?;
+            report(
+                json,
+                json!({"name": pool, "result": "deleted"}),
+                format!("Pool {pool} deleted"),
+            );
+        }
+        StorageCmd::PoolUndefine { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            c.pool_undefine(&p).await?;
+            report(
+                json,
+                json!({"name": pool, "result": "undefined"}),
+                format!("Pool {pool} has been undefined"),
+            );
+        }
+        StorageCmd::PoolList { all } => {
+            // VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE unless --all.
+            let mut pools = c.list_all_pools(if all { 0 } else { 2 }).await?;
+            pools.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for p in &pools {
+                let info = c.pool_info(p).await?;
+                let autostart = c.pool_autostart(p).await?;
+                rows.push((p.name.0.clone(), info.state != 0, autostart));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(
+                        |(n, active, auto)| json!({"name": n, "active": active, "autostart": auto})
+                    )
+                    .collect::<Vec<_>>()));
+            } else {
+                let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+                println!(" {:<w$}   {:<8} Autostart", "Name", "State");
+                println!("{}", "-".repeat(w + 23));
+                for (n, active, auto) in rows {
+                    let state = if active { "active" } else { "inactive" };
+                    println!(" {n:<w$}   {state:<8} {}", if auto { "yes" } else { "no" });
+                }
+            }
+        }
+        StorageCmd::PoolInfo { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            let info = c.pool_info(&p).await?;
+            let persistent = c.pool_is_persistent(&p).await?;
+            let autostart = c.pool_autostart(&p).await?;
+            let uuid = uuid::Uuid::from_bytes(p.uuid.0);
+            if json {
+                print_json(json!({"name": p.name.0, "uuid": uuid.to_string(),
+                    "state": pool_state_name(info.state), "persistent": persistent,
+                    "autostart": autostart, "capacity": info.capacity,
+                    "allocation": info.allocation, "available": info.available}));
+            } else {
+                let yn = |b: bool| if b { "yes" } else { "no" };
+                println!("{:<16}{}", "Name:", p.name);
+                println!("{:<16}{uuid}", "UUID:");
+                println!("{:<16}{}", "State:", pool_state_name(info.state));
+                println!("{:<16}{}", "Persistent:", yn(persistent));
+                println!("{:<16}{}", "Autostart:", yn(autostart));
+                if info.state == 2 {
+                    println!("{:<16}{}", "Capacity:", pretty_size(info.capacity));
+                    println!("{:<16}{}", "Allocation:", pretty_size(info.allocation));
+                    println!("{:<16}{}", "Available:", pretty_size(info.available));
+                }
+            }
+        }
+        StorageCmd::PoolDumpxml { pool, inactive } => {
+            let p = c.pool_lookup(&pool).await?;
+            let xml = c.pool_xml(&p, if inactive { 1 } else { 0 }).await?;
+            report(json, json!({ "xml": xml }), xml.trim_end().to_owned());
+        }
+        StorageCmd::VolCreateAs {
+            pool,
+            name,
+            capacity,
+            format,
+            allocation,
+            backing_vol,
+            backing_vol_format,
+            prealloc_metadata,
+        } => {
+            let p = c.pool_lookup(&pool).await?;
+            let mut xml = format!(
+                "<volume>\n  <name>{}</name>\n  <capacity>{}</capacity>\n",
+                esc_xml(&name),
+                parse_size(&capacity)?
+            );
+            if let Some(a) = &allocation {
+                xml.push_str(&format!("  <allocation>{}</allocation>\n", parse_size(a)?));
+            }
+            if let Some(f) = &format {
+                xml.push_str(&format!(
+                    "  <target>\n    <format type='{}'/>\n  </target>\n",
+                    esc_xml(f)
+                ));
+            }
+            if let Some(b) = &backing_vol {
+                xml.push_str(&format!(
+                    "  <backingStore>\n    <path>{}</path>\n",
+                    esc_xml(b)
+                ));
+                if let Some(f) = &backing_vol_format {
+                    xml.push_str(&format!("    <format type='{}'/>\n", esc_xml(f)));
+                }
+                xml.push_str("  </backingStore>\n");
+            }
+            xml.push_str("</volume>\n");
+            let v = c.vol_create_xml(&p, &xml, prealloc_metadata as u32).await?;
+            report(
+                json,
+                json!({"pool": v.pool.0, "name": v.name.0, "key": v.key.0}),
+                format!("Vol {name} created"),
+            );
+        }
+        StorageCmd::VolList { pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            let mut vols = c.list_all_volumes(&p).await?;
+            vols.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            if json {
+                print_json(json!(vols
+                    .iter()
+                    .map(|v| json!({"name": v.name.0, "path": v.key.0}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let w = vols
+                    .iter()
+                    .map(|v| v.name.0.len())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
+                let pw = vols.iter().map(|v| v.key.0.len()).max().unwrap_or(4).max(4);
+                println!(" {:<w$}   Path", "Name");
+                println!("{}", "-".repeat(w + pw + 5));
+                for v in &vols {
+                    println!(" {:<w$}   {}", v.name.0, v.key.0);
+                }
+            }
+        }
+        StorageCmd::VolInfo { vol, pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            let v = c.vol_lookup(&p, &vol).await?;
+            let info = c.vol_info(&v).await?;
+            let ty = match info.type_ {
+                0 => "file",
+                1 => "block",
+                2 => "dir",
+                3 => "network",
+                4 => "netdir",
+                5 => "ploop",
+                _ => "unknown",
+            };
+            if json {
+                print_json(
+                    json!({"name": v.name.0, "type": ty, "capacity": info.capacity, "allocation": info.allocation}),
+                );
+            } else {
+                println!("{:<16}{}", "Name:", v.name);
+                println!("{:<16}{ty}", "Type:");
+                println!("{:<16}{}", "Capacity:", pretty_size(info.capacity));
+                println!("{:<16}{}", "Allocation:", pretty_size(info.allocation));
+            }
+        }
+        StorageCmd::VolDumpxml { vol, pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            let v = c.vol_lookup(&p, &vol).await?;
+            let xml = c.vol_xml(&v).await?;
+            report(json, json!({ "xml": xml }), xml.trim_end().to_owned());
+        }
+        StorageCmd::VolDelete { vol, pool } => {
+            let p = c.pool_lookup(&pool).await?;
+            let v = c.vol_lookup(&p, &vol).await?;
+            c.vol_delete(&v).await?;
+            report(
+                json,
+                json!({"name": vol, "result": "deleted"}),
+                format!("Vol {vol} deleted"),
+            );
+        }
+        StorageCmd::VolResize {
+            vol,
+            capacity,
+            pool,
+            shrink,
+            allocate,
+            delta,
+        } => {
+            let p = c.pool_lookup(&pool).await?;
+            let v = c.vol_lookup(&p, &vol).await?;
+            let flags = (allocate as u32) | ((delta as u32) << 1) | ((shrink as u32) << 2);
+            c.vol_resize(&v, parse_size(&capacity)?, flags).await?;
+            report(
+                json,
+                json!({"name": vol, "capacity": capacity}),
+                format!("Size of volume '{vol}' successfully changed to {capacity}"),
+            );
         }
     }
     Ok(())

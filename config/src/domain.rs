@@ -112,8 +112,11 @@ pub struct CpuTopology {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskDef {
-    /// "file" or "block".
+    /// "file", "block" or "volume".
     pub source_type: String,
+    /// For `type='volume'`: the storage pool and volume; the daemon fills
+    /// `source` (and `format`, unless given) from the volume at start.
+    pub volume: Option<VolumeSource>,
     /// "disk" or "cdrom".
     pub device: String,
     /// "raw" or "qcow2".
@@ -128,6 +131,15 @@ pub struct DiskDef {
     pub shareable: bool,
     /// Per-device `<boot order='N'/>`.
     pub boot_order: Option<u32>,
+}
+
+/// `<source pool='P' volume='V'/>` of a `type='volume'` disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSource {
+    pub pool: String,
+    pub volume: String,
+    /// No `<driver type=...>` was given: the volume's format applies.
+    pub format_from_volume: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -673,12 +685,24 @@ impl DomainDef {
                 esc_attr(&disk.source_type),
                 esc_attr(&disk.device)
             );
-            let _ = writeln!(
-                x,
-                "      <driver name='qemu' type='{}'/>",
-                esc_attr(&disk.format)
-            );
-            if let Some(src) = &disk.source {
+            if disk.volume.as_ref().is_some_and(|v| v.format_from_volume) {
+                // The volume says which format it is, at each start.
+                x.push_str("      <driver name='qemu'/>\n");
+            } else {
+                let _ = writeln!(
+                    x,
+                    "      <driver name='qemu' type='{}'/>",
+                    esc_attr(&disk.format)
+                );
+            }
+            if let Some(v) = &disk.volume {
+                let _ = writeln!(
+                    x,
+                    "      <source pool='{}' volume='{}'/>",
+                    esc_attr(&v.pool),
+                    esc_attr(&v.volume)
+                );
+            } else if let Some(src) = &disk.source {
                 let attr = if disk.source_type == "block" {
                     "dev"
                 } else {
@@ -1130,7 +1154,7 @@ fn check_pty(el: Node, what: &str) -> Result<()> {
 
 fn parse_disk(el: Node) -> Result<DiskDef> {
     let source_type = el.attribute("type").unwrap_or("file").to_owned();
-    if source_type != "file" && source_type != "block" {
+    if !["file", "block", "volume"].contains(&source_type.as_str()) {
         return Err(unsupported(format!(
             "disk type '{source_type}' is not supported"
         )));
@@ -1165,11 +1189,39 @@ fn parse_disk(el: Node) -> Result<DiskDef> {
             return Err(unsupported(format!("<{tag}> disks are not supported")));
         }
     }
-    let source = child(el, "source")
-        .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    if source.is_none() && device != "cdrom" {
+    let volume = if source_type == "volume" {
+        let src = child(el, "source");
+        let attr = |name: &str| {
+            src.and_then(|s| s.attribute(name))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        match (attr("pool"), attr("volume")) {
+            (Some(pool), Some(volume)) => Some(VolumeSource {
+                pool,
+                volume,
+                format_from_volume: driver.and_then(|d| d.attribute("type")).is_none(),
+            }),
+            (None, _) if src.is_some() => {
+                return Err(invalid("missing 'pool' attribute for volume source"))
+            }
+            (_, None) if src.is_some() => {
+                return Err(invalid("missing 'volume' attribute for volume source"))
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let source = if volume.is_some() {
+        None
+    } else {
+        child(el, "source")
+            .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    if source.is_none() && volume.is_none() && device != "cdrom" {
         return Err(invalid("disk source is missing"));
     }
     let target = child(el, "target").ok_or_else(|| invalid("missing disk target element"))?;
@@ -1193,6 +1245,7 @@ fn parse_disk(el: Node) -> Result<DiskDef> {
         shareable: child(el, "shareable").is_some(),
         boot_order: parse_boot_order(el)?,
         source_type,
+        volume,
         device,
         format,
         source,
@@ -1816,7 +1869,10 @@ mod tests {
                 ),
                 "disk type 'network'",
             ),
-            (with_devices("<disk type='volume'/>"), "disk type 'volume'"),
+            (
+                with_devices("<disk type='network'/>"),
+                "disk type 'network'",
+            ),
             (with_devices("<disk type='dir'/>"), "disk type 'dir'"),
             (
                 with_devices("<graphics type='spice'/>"),
@@ -2002,6 +2058,33 @@ mod tests {
                  <interface type='user'><boot order='1'/></interface>"
             )),
             Err(DomainXmlError::Invalid(m)) if m.contains("more than one")
+        ));
+    }
+
+    #[test]
+    fn volume_disks_keep_pool_and_volume() {
+        for (driver, from_volume) in ["", "<driver name='qemu' type='qcow2'/>"]
+            .iter()
+            .zip([true, false])
+        {
+            let d = parse(&with_devices(&format!(
+                "<disk type='volume' device='disk'>{driver}<source pool='p' volume='v.qcow2'/>\
+                 <target dev='vda' bus='virtio'/></disk>"
+            )));
+            let disk = &d.devices.disks[0];
+            let v = disk.volume.as_ref().unwrap();
+            assert_eq!((v.pool.as_str(), v.volume.as_str()), ("p", "v.qcow2"));
+            assert_eq!(v.format_from_volume, from_volume);
+            assert!(disk.source.is_none());
+            let xml = d.to_xml(None);
+            assert!(xml.contains("<source pool='p' volume='v.qcow2'/>"), "{xml}");
+            roundtrips(&d);
+        }
+        assert!(matches!(
+            err(&with_devices(
+                "<disk type='volume'><source volume='v'/><target dev='vda'/></disk>"
+            )),
+            DomainXmlError::Invalid(m) if m.contains("'pool'")
         ));
     }
 }

@@ -7,5 +7,6 @@ pub mod interface;
 pub mod nodedev;
 pub mod secret;
 pub mod settings;
+pub mod storage;
 pub mod tune;
 pub mod xml_depth;

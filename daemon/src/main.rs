@@ -176,6 +176,11 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         events.clone(),
     ));
     let nodedevs = qemud_actors::nodedev::NodeDevices::start(events.clone());
+    let storage = actix::Actor::start(qemud_actors::storage::driver::StorageDriver::new(
+        &settings.state_dir,
+        &settings.run_dir,
+        events.clone(),
+    ));
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",
@@ -188,6 +193,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         events,
         secrets,
         nodedevs,
+        storage,
         uri: uri.to_owned(),
     });
 

@@ -384,7 +384,8 @@ impl Registry {
         if e.live.is_some() {
             return Err(Error::OperationInvalid("domain is already running".into()));
         }
-        let def = live_def.unwrap_or_else(|| e.def.clone());
+        let mut def = live_def.unwrap_or_else(|| e.def.clone());
+        crate::storage::resolve_volume_disks(&mut def)?;
         let accel = if def.domain_type == "kvm" {
             if !kvm {
                 return Err(Error::ConfigUnsupported(
