@@ -1,4 +1,5 @@
-//! qemud settings and the libvirt domain XML model.
+//! qemud settings and the libvirt domain and network XML models.
 
 pub mod domain;
 pub mod settings;
+pub mod network;
