@@ -18,6 +18,7 @@ use qemud_actors::domain::registry::Registry;
 use qemud_actors::domain::store::Store;
 use qemud_actors::events::EventBus;
 use qemud_actors::host::HostInfo;
+use qemud_actors::network::registry::{NetworkRegistry, StopAll};
 use qemud_actors::Services;
 use qemud_config::settings::{Mode, Settings};
 
@@ -130,6 +131,12 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index.clone(),
         events.clone(),
     ));
+    let networks = actix::Actor::start(NetworkRegistry::new(
+        settings.state_dir.clone(),
+        settings.run_dir.clone(),
+        qemud_actors::network::index::global(),
+        events.clone(),
+    ));
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",
@@ -140,6 +147,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index,
         registry,
         events,
+        networks: networks.clone(),
         uri: uri.to_owned(),
     });
 
@@ -161,6 +169,12 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
     wait_for_shutdown().await;
     info!("shutting down; running domains keep running");
     listeners.close();
+    // Networks do not outlive the daemon: bridges, rules and dnsmasq go.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        networks.send(StopAll),
+    )
+    .await;
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }

@@ -1,8 +1,100 @@
-//! The network driver: virtual networks (one actor per active network with its bridge, firewall and dnsmasq).
+//! The network driver: virtual networks. A registry actor owns the
+//! definitions; one actor per active network owns its bridge, its nftables
+//! table and its supervised dnsmasq. Guests' NICs of type network and
+//! bridge are tap devices the daemon creates and plugs into the bridge.
 
+pub mod active;
+pub mod dnsmasq;
+pub mod firewall;
+pub mod index;
+pub mod procedures;
+pub mod registry;
+pub mod sys;
+
+use qemud_config::domain::{DomainDef, InterfaceKind};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
 use crate::rpc::Procedure;
 
 /// This driver's rows of the procedure table.
 pub fn procedures() -> Vec<Procedure> {
-    Vec::new()
+    procedures::procedures()
+}
+
+/// The tap device of a domain's `index`th NIC. Derived from the domain's
+/// UUID so that the command line, start, stop and a restarted daemon all
+/// agree on it without remembering it (at most 15 bytes, IFNAMSIZ).
+pub fn tap_name(domain: &Uuid, index: usize) -> String {
+    let hex = domain.simple().to_string();
+    format!("vnet{}n{index}", &hex[..7])
+}
+
+/// A tap to create for a NIC: its name, the bridge it joins, its MTU.
+#[derive(Debug, Clone)]
+pub struct TapPlan {
+    pub tap: String,
+    pub bridge: String,
+    pub mtu: Option<u32>,
+}
+
+/// The taps a domain's NICs need, checked against the networks now active:
+/// libvirt's errors for a missing or inactive network.
+pub fn plan_taps(def: &DomainDef) -> Result<Vec<TapPlan>> {
+    let index = index::global();
+    let mut plans = Vec::new();
+    for (i, nic) in def.devices.interfaces.iter().enumerate() {
+        let bridge = match &nic.kind {
+            InterfaceKind::User => continue,
+            InterfaceKind::Network(name) => {
+                let v = index.by_name(name)?;
+                let live = v.live.as_ref().ok_or_else(|| {
+                    Error::OperationInvalid(format!("network '{name}' is not active"))
+                })?;
+                live.bridge.clone().ok_or_else(|| {
+                    Error::Internal(format!("network '{name}' has no bridge"))
+                })?
+            }
+            InterfaceKind::Bridge(b) => {
+                if !sys::link_exists(b) {
+                    return Err(Error::System(format!(
+                        "Cannot get interface MTU on '{b}': No such device"
+                    )));
+                }
+                b.clone()
+            }
+        };
+        plans.push(TapPlan {
+            tap: tap_name(&def.uuid, i),
+            mtu: None,
+            bridge,
+        });
+    }
+    Ok(plans)
+}
+
+/// Creates every planned tap; on failure none is left.
+pub async fn create_taps(plans: &[TapPlan]) -> Result<()> {
+    for (n, p) in plans.iter().enumerate() {
+        let mtu = match p.mtu {
+            Some(m) => Some(m),
+            None => sys::link_mtu(&p.bridge).await,
+        };
+        if let Err(e) = sys::create_tap(&p.tap, &p.bridge, mtu).await {
+            for q in &plans[..n] {
+                sys::delete_link(&q.tap).await;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the taps of a domain that stopped.
+pub async fn delete_taps(def: &DomainDef) {
+    for (i, nic) in def.devices.interfaces.iter().enumerate() {
+        if !matches!(nic.kind, InterfaceKind::User) {
+            sys::delete_link(&tap_name(&def.uuid, i)).await;
+        }
+    }
 }
