@@ -27,6 +27,9 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     openssh-server \
     openssh-client \
     netcat-openbsd \
+    dnsmasq-base \
+    nftables \
+    iproute2 \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

@@ -1,0 +1,355 @@
+//! Virtual networks end to end. Every scenario runs the daemon inside a
+//! network namespace of its own (`unshare --net`), so bridges, taps,
+//! nftables rules and dnsmasq never touch the host's network; the daemon's
+//! UNIX socket is still reachable from here, and `nsenter` looks inside.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qemud_tests::*;
+
+/// A daemon in its own network namespace.
+struct NsDaemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NsDaemon {
+    fn start() -> NsDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("qdn")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("qemud.log")).expect("log");
+        // unshare execs qemud, so the child's pid is the daemon's and its
+        // namespace lives as long as the daemon (and what it started).
+        let child = Command::new("unshare")
+            .arg("--net")
+            .arg("--")
+            .arg(binary("qemud"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "info,qemud_actors=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn unshare qemud");
+        let mut d = NsDaemon {
+            dir,
+            child: Some(child),
+        };
+        let sock = d.socket();
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            if let Some(s) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("qemud exited early ({s}):\n{}", d.log());
+            }
+            assert!(Instant::now() < until, "qemud did not start:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("libvirt-sock")
+    }
+
+    fn uri(&self) -> String {
+        format!("qemu+unix:///system?socket={}", self.socket().display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("qemud.log")).unwrap_or_default()
+    }
+
+    /// Runs a command inside the daemon's network namespace; its stdout.
+    fn ns(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .arg("--")
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn has_link(&self, name: &str) -> bool {
+        self.ns(&["ip", "-o", "link", "show"])
+            .lines()
+            .any(|l| l.split(": ").nth(1).map(|n| n.split('@').next() == Some(name)) == Some(true))
+    }
+
+    fn nft(&self) -> String {
+        self.ns(&["nft", "list", "ruleset"])
+    }
+
+    /// The pid of the dnsmasq serving network `name`, if one runs.
+    fn dnsmasq_pid(&self, name: &str) -> Option<i32> {
+        let conf = self
+            .dir
+            .path()
+            .join("run/networks")
+            .join(format!("{name}.conf"));
+        let out = Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("dnsmasq --conf-file={}", conf.display()))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+    }
+
+    fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let until = Instant::now() + Duration::from_secs(40);
+        while c.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < until, "qemud ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        // QEMUs of this test only, by the pids the daemon recorded.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("run/pid")) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            // dnsmasq dies with the daemon (parent-death signal).
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const NAT_NET: &str = "<network>
+  <name>natnet</name>
+  <forward mode='nat'/>
+  <bridge name='qdbr7' stp='on' delay='0'/>
+  <domain name='natnet.test'/>
+  <ip address='10.77.0.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='10.77.0.100' end='10.77.0.150'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+const EVENTS_SCRIPT: &str = r#"
+import libvirt, os
+libvirt.virEventRegisterDefaultImpl()
+c = libvirt.open(os.environ['QEMUD_URI'])
+names = ['DEFINED', 'UNDEFINED', 'STARTED', 'STOPPED']
+def cb(conn, net, event, detail, opaque):
+    print('NETEVENT %s %s' % (net.name(), names[event]), flush=True)
+c.networkEventRegisterAny(None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, cb, None)
+print('REGISTERED', flush=True)
+while True:
+    libvirt.virEventRunDefaultImpl()
+"#;
+
+#[test]
+fn nat_network_lifecycle_with_virsh() {
+    let d = NsDaemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path().to_path_buf();
+
+    // The default network is defined on first run, not started.
+    let list = squash(virsh(&uri, &["net-list", "--all"]).ok());
+    assert!(list.contains("default inactive no yes"), "{list}");
+
+    let mut events = Watcher::spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(EVENTS_SCRIPT)
+            .env("QEMUD_URI", &uri),
+    );
+    events.expect("REGISTERED", 30);
+
+    let xml = write_xml(&dir, "natnet", NAT_NET);
+    let out = virsh_full(&uri, &["net-define", xml.to_str().unwrap()]);
+    assert!(out.ok().contains("Network natnet defined"));
+    events.expect("NETEVENT natnet DEFINED", 10);
+    assert!(!d.has_link("qdbr7"));
+
+    virsh(&uri, &["net-start", "natnet"]).ok();
+    events.expect("NETEVENT natnet STARTED", 10);
+    let info = squash(virsh_full(&uri, &["net-info", "natnet"]).ok());
+    for line in ["Name: natnet", "Active: yes", "Persistent: yes", "Autostart: no", "Bridge: qdbr7"] {
+        assert!(info.contains(line), "{line} missing from {info}");
+    }
+    let dump = virsh(&uri, &["net-dumpxml", "natnet"]).ok().to_owned();
+    assert!(dump.contains("<forward mode='nat'/>"), "{dump}");
+    assert!(dump.contains("<bridge name='qdbr7' stp='on' delay='0'/>"));
+    assert!(dump.contains("<mac address='52:54:00:"));
+    assert!(dump.contains("<ip address='10.77.0.1' netmask='255.255.255.0'>"));
+    assert!(dump.contains("<range start='10.77.0.100' end='10.77.0.150'/>"));
+
+    // Present while active: bridge with its address, rules, dnsmasq.
+    assert!(d.has_link("qdbr7"));
+    assert!(d.ns(&["ip", "-o", "addr", "show", "dev", "qdbr7"]).contains("10.77.0.1/24"));
+    let rules = d.nft();
+    assert!(rules.contains("table inet qemud_qdbr7"), "{rules}");
+    assert!(rules.contains("masquerade"));
+    let first = d.dnsmasq_pid("natnet").expect("dnsmasq runs");
+
+    virsh(&uri, &["net-autostart", "natnet"]).ok();
+    assert!(squash(virsh_full(&uri, &["net-info", "natnet"]).ok()).contains("Autostart: yes"));
+
+    // A static host, live and persistent.
+    virsh(
+        &uri,
+        &[
+            "net-update",
+            "natnet",
+            "add",
+            "ip-dhcp-host",
+            "<host mac='52:54:00:00:00:42' name='fixed' ip='10.77.0.42'/>",
+            "--live",
+            "--config",
+        ],
+    )
+    .ok();
+    let host = "<host mac='52:54:00:00:00:42' name='fixed' ip='10.77.0.42'/>";
+    assert!(virsh(&uri, &["net-dumpxml", "natnet"]).ok().contains(host));
+    assert!(virsh(&uri, &["net-dumpxml", "--inactive", "natnet"]).ok().contains(host));
+    let hosts = std::fs::read_to_string(dir.join("run/networks/natnet.hostsfile")).unwrap();
+    assert!(hosts.contains("52:54:00:00:00:42,10.77.0.42,fixed"), "{hosts}");
+    let again = virsh(
+        &uri,
+        &["net-update", "natnet", "add", "ip-dhcp-host", host, "--live"],
+    );
+    assert!(again.fails().contains("existing dhcp host entry"), "{}", again.stderr);
+
+    // Bad input: an overlapping subnet, a bridge in use, a range outside.
+    let overlap = write_xml(
+        &dir,
+        "overlap",
+        "<network><name>overlap</name><bridge name='qdbr8'/><ip address='10.77.0.200' prefix='16'/></network>",
+    );
+    virsh(&uri, &["net-define", overlap.to_str().unwrap()]).ok();
+    let err = virsh(&uri, &["net-start", "overlap"]);
+    assert!(err.fails().contains("Network is already in use by interface qdbr7"), "{}", err.stderr);
+    assert!(!d.has_link("qdbr8"), "nothing half-configured");
+    virsh(&uri, &["net-undefine", "overlap"]).ok();
+    let same_bridge = write_xml(
+        &dir,
+        "samebr",
+        "<network><name>samebr</name><bridge name='qdbr7'/></network>",
+    );
+    let err = virsh(&uri, &["net-define", same_bridge.to_str().unwrap()]);
+    assert!(err.fails().contains("bridge name 'qdbr7' already in use."), "{}", err.stderr);
+    let outside = write_xml(
+        &dir,
+        "outside",
+        "<network><name>outside</name><ip address='10.78.0.1' prefix='24'><dhcp><range start='10.79.0.2' end='10.79.0.9'/></dhcp></ip></network>",
+    );
+    let err = virsh(&uri, &["net-define", outside.to_str().unwrap()]);
+    assert!(err.fails().contains("is not entirely within network"), "{}", err.stderr);
+
+    // dnsmasq dies: the daemon starts a new one.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(20, "dnsmasq restarted", || {
+        d.dnsmasq_pid("natnet").is_some_and(|p| p != first)
+    });
+    assert!(d.log().contains("dnsmasq exited; restarting"));
+
+    virsh(&uri, &["net-destroy", "natnet"]).ok();
+    events.expect("NETEVENT natnet STOPPED", 10);
+    // Gone after: bridge, rules, dnsmasq.
+    assert!(!d.has_link("qdbr7"));
+    assert!(!d.nft().contains("qemud_qdbr7"));
+    wait_until(10, "dnsmasq gone", || d.dnsmasq_pid("natnet").is_none());
+
+    virsh(&uri, &["net-undefine", "natnet"]).ok();
+    events.expect("NETEVENT natnet UNDEFINED", 10);
+    let list = squash(virsh(&uri, &["net-list", "--all"]).ok());
+    assert!(!list.contains("natnet"), "{list}");
+}
+
+#[test]
+fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
+    let mut d = NsDaemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path().to_path_buf();
+    let net = write_xml(&dir, "natnet", NAT_NET);
+    virsh(&uri, &["net-define", net.to_str().unwrap()]).ok();
+    virsh(&uri, &["net-start", "natnet"]).ok();
+
+    let xml = guest_xml(&dir, "netguest", 256).replace(
+        "<memballoon model='none'/>",
+        "<interface type='network'><source network='natnet'/><mac address='52:54:00:12:34:56'/>\
+         <model type='e1000'/></interface>\n    <memballoon model='none'/>",
+    );
+    let path = write_xml(&dir, "netguest", &xml);
+    virsh(&uri, &["define", path.to_str().unwrap()]).ok();
+    // The MAC stays as written; a NIC without one gets a kept 52:54:00 one.
+    assert!(virsh(&uri, &["dumpxml", "netguest"]).ok().contains("52:54:00:12:34:56"));
+    virsh(&uri, &["start", "netguest"]).ok();
+
+    let log = serial_log(&dir, "netguest");
+    wait_until(240, "guest ping result", || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.contains("QEMUD-GUEST-PING-"))
+            .unwrap_or(false)
+    });
+    let serial = std::fs::read_to_string(&log).unwrap();
+    assert!(serial.contains("QEMUD-GUEST-LEASE bound ip=10.77.0."), "{serial}");
+    assert!(serial.contains("QEMUD-GUEST-PING-OK 10.77.0.1"), "{serial}");
+
+    let leases = squash(virsh(&uri, &["net-dhcp-leases", "natnet"]).ok());
+    assert!(leases.contains("52:54:00:12:34:56 ipv4 10.77.0."), "{leases}");
+    let addr = squash(virsh(&uri, &["domifaddr", "netguest"]).ok());
+    assert!(addr.contains("52:54:00:12:34:56 ipv4 10.77.0."), "{addr}");
+
+    // The tap is plugged into the bridge while the guest runs, and goes
+    // when it stops.
+    let taps = d.ns(&["ip", "-o", "link", "show", "master", "qdbr7"]);
+    let tap = taps
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .find(|n| n.starts_with("vnet"))
+        .unwrap_or_else(|| panic!("no tap on the bridge: {taps}"))
+        .to_owned();
+    virsh(&uri, &["destroy", "netguest"]).ok();
+    wait_until(20, "tap removed", || !d.has_link(&tap));
+
+    // Stopping the daemon takes its networks down.
+    let pid = d.pid();
+    d.terminate();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || d.dnsmasq_pid("natnet").is_none()
+    );
+    wait_until(10, "dnsmasq gone with the daemon", || d.dnsmasq_pid("natnet").is_none());
+}
