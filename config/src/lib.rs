@@ -1,5 +1,5 @@
 //! qemud settings and the libvirt domain and network XML models.
 
 pub mod domain;
-pub mod settings;
 pub mod network;
+pub mod settings;

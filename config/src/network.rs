@@ -274,9 +274,11 @@ fn parse_host(el: Node, network: &str) -> Result<DhcpHost> {
 
 fn parse_ip_el(el: Node, network: &str) -> Result<IpDef> {
     let family = el.attribute("family");
-    let address = el
-        .attribute("address")
-        .ok_or_else(|| invalid(format!("Missing required address attribute in network '{network}'")))?;
+    let address = el.attribute("address").ok_or_else(|| {
+        invalid(format!(
+            "Missing required address attribute in network '{network}'"
+        ))
+    })?;
     let address: IpAddr = address.trim().parse().map_err(|_| {
         invalid(format!(
             "Invalid address '{address}' in network '{network}'"
@@ -309,7 +311,9 @@ fn parse_ip_el(el: Node, network: &str) -> Result<IpDef> {
                 .map_err(|_| invalid(format!("Invalid netmask '{m}' in network '{network}'")))?;
             let bits = u32::from(mask);
             if bits.leading_ones() + bits.trailing_zeros() != 32 {
-                return Err(invalid(format!("Invalid netmask '{m}' in network '{network}'")));
+                return Err(invalid(format!(
+                    "Invalid netmask '{m}' in network '{network}'"
+                )));
             }
             netmask_given = true;
             bits.leading_ones() as u8
@@ -434,7 +438,8 @@ const UNSUPPORTED: &[&str] = &[
 
 impl NetworkDef {
     pub fn parse(xml: &str) -> Result<NetworkDef> {
-        let doc = roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::Xml(e.to_string()))?;
+        let doc =
+            roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::Xml(e.to_string()))?;
         let root = doc.root_element();
         if root.tag_name().name() != "network" {
             return Err(invalid(format!(
@@ -474,11 +479,7 @@ impl NetworkDef {
                             "forward mode '{m}' of network '{name}' is not supported"
                         )))
                     }
-                    m => {
-                        return Err(invalid(format!(
-                            "unknown forwarding type '{m}'"
-                        )))
-                    }
+                    m => return Err(invalid(format!("unknown forwarding type '{m}'"))),
                 };
                 let nat_ports = child(f, "nat")
                     .and_then(|n| child(n, "port"))
@@ -527,15 +528,18 @@ impl NetworkDef {
         };
         let delay = match bridge_el.and_then(|b| b.attribute("delay")) {
             None => 0,
-            Some(v) => v.trim().parse::<u32>().map_err(|_| {
-                invalid(format!("Invalid delay value in network '{name}'"))
-            })?,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| invalid(format!("Invalid delay value in network '{name}'")))?,
         };
         let mac = child(root, "mac")
             .and_then(|m| m.attribute("address"))
             .map(|m| {
                 parse_mac(m, &format!("network '{name}'")).map_err(|_| {
-                    invalid(format!("Invalid bridge mac address '{m}' in network '{name}'"))
+                    invalid(format!(
+                        "Invalid bridge mac address '{m}' in network '{name}'"
+                    ))
                 })
             })
             .transpose()?;
@@ -550,7 +554,9 @@ impl NetworkDef {
             })
             .transpose()?;
         let domain_el = child(root, "domain");
-        let domain = domain_el.and_then(|d| d.attribute("name")).map(str::to_owned);
+        let domain = domain_el
+            .and_then(|d| d.attribute("name"))
+            .map(str::to_owned);
         let domain_local_only = match domain_el.and_then(|d| d.attribute("localOnly")) {
             None => None,
             Some("yes") => Some(true),
@@ -588,7 +594,9 @@ impl NetworkDef {
             }
             for h in children(d, "host") {
                 let ip = h.attribute("ip").ok_or_else(|| {
-                    invalid(format!("Missing IP address in network '{name}' DNS HOST record"))
+                    invalid(format!(
+                        "Missing IP address in network '{name}' DNS HOST record"
+                    ))
                 })?;
                 let ip = parse_ip(ip, "IP address in DNS HOST record")?;
                 let hostnames: Vec<String> = children(h, "hostname")
@@ -652,17 +660,25 @@ impl NetworkDef {
                 }
             }
         }
-        let v4_dhcp = self.ips.iter().filter(|i| i.is_v4() && i.has_dhcp()).count();
+        let v4_dhcp = self
+            .ips
+            .iter()
+            .filter(|i| i.is_v4() && i.has_dhcp())
+            .count();
         if v4_dhcp > 1 {
-            return Err(invalid(format!(
-                "Multiple IPv4 dhcp sections found -- dhcp is supported only for a single IPv4 address on each network"
-            )));
+            return Err(invalid(
+                "Multiple IPv4 dhcp sections found -- dhcp is supported only for a single IPv4 address on each network",
+            ));
         }
-        let v6_dhcp = self.ips.iter().filter(|i| !i.is_v4() && i.has_dhcp()).count();
+        let v6_dhcp = self
+            .ips
+            .iter()
+            .filter(|i| !i.is_v4() && i.has_dhcp())
+            .count();
         if v6_dhcp > 1 {
-            return Err(invalid(format!(
-                "Multiple IPv6 dhcp sections found -- dhcp is supported only for a single IPv6 address on each network"
-            )));
+            return Err(invalid(
+                "Multiple IPv6 dhcp sections found -- dhcp is supported only for a single IPv6 address on each network",
+            ));
         }
         // Two subnets of one network that overlap would route ambiguously.
         for (i, a) in self.ips.iter().enumerate() {
@@ -828,12 +844,7 @@ impl NetworkDef {
 
     /// `net-update` of the DHCP hosts of the IPv4 (or the `parent_index`th)
     /// `<ip>`: libvirt's rules for add, delete and modify.
-    pub fn update_dhcp_host(
-        &mut self,
-        command: u32,
-        parent_index: i32,
-        xml: &str,
-    ) -> Result<()> {
+    pub fn update_dhcp_host(&mut self, command: u32, parent_index: i32, xml: &str) -> Result<()> {
         let host = parse_dhcp_host(xml, &self.name)?;
         let name = self.name.clone();
         let family_v4 = host.ip.is_none_or(|i| i.is_ipv4());
@@ -864,7 +875,8 @@ impl NetworkDef {
                 "{} {} {}",
                 h.mac.as_deref().unwrap_or("unknown"),
                 h.name.as_deref().unwrap_or(""),
-                h.ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into())
+                h.ip.map(|i| i.to_string())
+                    .unwrap_or_else(|| "unknown".into())
             )
         };
         match command {
@@ -884,9 +896,10 @@ impl NetworkDef {
                 }
             }
             UPDATE_DELETE => {
-                let pos = ip.hosts.iter().position(|h| {
-                    h.mac == host.mac && h.name == host.name && h.ip == host.ip
-                });
+                let pos = ip
+                    .hosts
+                    .iter()
+                    .position(|h| h.mac == host.mac && h.name == host.name && h.ip == host.ip);
                 match pos {
                     Some(p) => {
                         ip.hosts.remove(p);
@@ -900,10 +913,10 @@ impl NetworkDef {
                 }
             }
             UPDATE_MODIFY => {
-                let pos = ip
-                    .hosts
-                    .iter()
-                    .position(|h| (host.mac.is_some() && h.mac == host.mac) || (host.mac.is_none() && h.name == host.name));
+                let pos = ip.hosts.iter().position(|h| {
+                    (host.mac.is_some() && h.mac == host.mac)
+                        || (host.mac.is_none() && h.name == host.name)
+                });
                 match pos {
                     Some(p) => ip.hosts[p] = host,
                     None => {
@@ -993,7 +1006,10 @@ mod tests {
         assert_eq!(d.ips[0].prefix, 24);
         assert_eq!(d.ips[0].subnet(), "10.77.0.0/24");
         let xml = d.to_xml(None);
-        assert!(xml.contains("<ip address='10.77.0.1' netmask='255.255.255.0'>"), "{xml}");
+        assert!(
+            xml.contains("<ip address='10.77.0.1' netmask='255.255.255.0'>"),
+            "{xml}"
+        );
         assert!(xml.contains("<host mac='52:54:00:00:00:09' name='db' ip='10.77.0.9'/>"));
         assert!(xml.contains("<ip family='ipv6' address='fd00:77::1' prefix='64'>"));
         assert!(xml.contains("<port start='1024' end='65535'/>"));
@@ -1012,7 +1028,10 @@ mod tests {
         assert_eq!(d.bridge.as_deref(), Some("virbr1"));
         assert!(d.mac.as_deref().unwrap().starts_with("52:54:00:"));
         let xml = d.to_xml(None);
-        assert!(xml.contains("<bridge name='virbr1' stp='on' delay='0'/>"), "{xml}");
+        assert!(
+            xml.contains("<bridge name='virbr1' stp='on' delay='0'/>"),
+            "{xml}"
+        );
         assert!(!xml.contains("<forward"));
     }
 

@@ -170,11 +170,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
     info!("shutting down; running domains keep running");
     listeners.close();
     // Networks do not outlive the daemon: bridges, rules and dnsmasq go.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        networks.send(StopAll),
-    )
-    .await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), networks.send(StopAll)).await;
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }

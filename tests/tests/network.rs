@@ -81,9 +81,12 @@ impl NsDaemon {
     }
 
     fn has_link(&self, name: &str) -> bool {
-        self.ns(&["ip", "-o", "link", "show"])
-            .lines()
-            .any(|l| l.split(": ").nth(1).map(|n| n.split('@').next() == Some(name)) == Some(true))
+        self.ns(&["ip", "-o", "link", "show"]).lines().any(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next() == Some(name))
+                == Some(true)
+        })
     }
 
     fn nft(&self) -> String {
@@ -201,7 +204,13 @@ fn nat_network_lifecycle_with_virsh() {
     virsh(&uri, &["net-start", "natnet"]).ok();
     events.expect("NETEVENT natnet STARTED", 10);
     let info = squash(virsh_full(&uri, &["net-info", "natnet"]).ok());
-    for line in ["Name: natnet", "Active: yes", "Persistent: yes", "Autostart: no", "Bridge: qdbr7"] {
+    for line in [
+        "Name: natnet",
+        "Active: yes",
+        "Persistent: yes",
+        "Autostart: no",
+        "Bridge: qdbr7",
+    ] {
         assert!(info.contains(line), "{line} missing from {info}");
     }
     let dump = virsh(&uri, &["net-dumpxml", "natnet"]).ok().to_owned();
@@ -213,7 +222,9 @@ fn nat_network_lifecycle_with_virsh() {
 
     // Present while active: bridge with its address, rules, dnsmasq.
     assert!(d.has_link("qdbr7"));
-    assert!(d.ns(&["ip", "-o", "addr", "show", "dev", "qdbr7"]).contains("10.77.0.1/24"));
+    assert!(d
+        .ns(&["ip", "-o", "addr", "show", "dev", "qdbr7"])
+        .contains("10.77.0.1/24"));
     let rules = d.nft();
     assert!(rules.contains("table inet qemud_qdbr7"), "{rules}");
     assert!(rules.contains("masquerade"));
@@ -238,14 +249,30 @@ fn nat_network_lifecycle_with_virsh() {
     .ok();
     let host = "<host mac='52:54:00:00:00:42' name='fixed' ip='10.77.0.42'/>";
     assert!(virsh(&uri, &["net-dumpxml", "natnet"]).ok().contains(host));
-    assert!(virsh(&uri, &["net-dumpxml", "--inactive", "natnet"]).ok().contains(host));
+    assert!(virsh(&uri, &["net-dumpxml", "--inactive", "natnet"])
+        .ok()
+        .contains(host));
     let hosts = std::fs::read_to_string(dir.join("run/networks/natnet.hostsfile")).unwrap();
-    assert!(hosts.contains("52:54:00:00:00:42,10.77.0.42,fixed"), "{hosts}");
+    assert!(
+        hosts.contains("52:54:00:00:00:42,10.77.0.42,fixed"),
+        "{hosts}"
+    );
     let again = virsh(
         &uri,
-        &["net-update", "natnet", "add", "ip-dhcp-host", host, "--live"],
+        &[
+            "net-update",
+            "natnet",
+            "add",
+            "ip-dhcp-host",
+            host,
+            "--live",
+        ],
     );
-    assert!(again.fails().contains("existing dhcp host entry"), "{}", again.stderr);
+    assert!(
+        again.fails().contains("existing dhcp host entry"),
+        "{}",
+        again.stderr
+    );
 
     // Bad input: an overlapping subnet, a bridge in use, a range outside.
     let overlap = write_xml(
@@ -255,7 +282,12 @@ fn nat_network_lifecycle_with_virsh() {
     );
     virsh(&uri, &["net-define", overlap.to_str().unwrap()]).ok();
     let err = virsh(&uri, &["net-start", "overlap"]);
-    assert!(err.fails().contains("Network is already in use by interface qdbr7"), "{}", err.stderr);
+    assert!(
+        err.fails()
+            .contains("Network is already in use by interface qdbr7"),
+        "{}",
+        err.stderr
+    );
     assert!(!d.has_link("qdbr8"), "nothing half-configured");
     virsh(&uri, &["net-undefine", "overlap"]).ok();
     let same_bridge = write_xml(
@@ -264,14 +296,22 @@ fn nat_network_lifecycle_with_virsh() {
         "<network><name>samebr</name><bridge name='qdbr7'/></network>",
     );
     let err = virsh(&uri, &["net-define", same_bridge.to_str().unwrap()]);
-    assert!(err.fails().contains("bridge name 'qdbr7' already in use."), "{}", err.stderr);
+    assert!(
+        err.fails().contains("bridge name 'qdbr7' already in use."),
+        "{}",
+        err.stderr
+    );
     let outside = write_xml(
         &dir,
         "outside",
         "<network><name>outside</name><ip address='10.78.0.1' prefix='24'><dhcp><range start='10.79.0.2' end='10.79.0.9'/></dhcp></ip></network>",
     );
     let err = virsh(&uri, &["net-define", outside.to_str().unwrap()]);
-    assert!(err.fails().contains("is not entirely within network"), "{}", err.stderr);
+    assert!(
+        err.fails().contains("is not entirely within network"),
+        "{}",
+        err.stderr
+    );
 
     // dnsmasq dies: the daemon starts a new one.
     nix::sys::signal::kill(
@@ -314,7 +354,9 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
     let path = write_xml(&dir, "netguest", &xml);
     virsh(&uri, &["define", path.to_str().unwrap()]).ok();
     // The MAC stays as written; a NIC without one gets a kept 52:54:00 one.
-    assert!(virsh(&uri, &["dumpxml", "netguest"]).ok().contains("52:54:00:12:34:56"));
+    assert!(virsh(&uri, &["dumpxml", "netguest"])
+        .ok()
+        .contains("52:54:00:12:34:56"));
     virsh(&uri, &["start", "netguest"]).ok();
 
     let log = serial_log(&dir, "netguest");
@@ -324,11 +366,17 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
             .unwrap_or(false)
     });
     let serial = std::fs::read_to_string(&log).unwrap();
-    assert!(serial.contains("QEMUD-GUEST-LEASE bound ip=10.77.0."), "{serial}");
+    assert!(
+        serial.contains("QEMUD-GUEST-LEASE bound ip=10.77.0."),
+        "{serial}"
+    );
     assert!(serial.contains("QEMUD-GUEST-PING-OK 10.77.0.1"), "{serial}");
 
     let leases = squash(virsh(&uri, &["net-dhcp-leases", "natnet"]).ok());
-    assert!(leases.contains("52:54:00:12:34:56 ipv4 10.77.0."), "{leases}");
+    assert!(
+        leases.contains("52:54:00:12:34:56 ipv4 10.77.0."),
+        "{leases}"
+    );
     let addr = squash(virsh(&uri, &["domifaddr", "netguest"]).ok());
     assert!(addr.contains("52:54:00:12:34:56 ipv4 10.77.0."), "{addr}");
 
@@ -351,5 +399,7 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
             || d.dnsmasq_pid("natnet").is_none()
     );
-    wait_until(10, "dnsmasq gone with the daemon", || d.dnsmasq_pid("natnet").is_none());
+    wait_until(10, "dnsmasq gone with the daemon", || {
+        d.dnsmasq_pid("natnet").is_none()
+    });
 }

@@ -950,7 +950,9 @@ impl Registry {
         };
         let nic_def = def.clone();
         let fut = async move {
-            crate::network::create_taps(&taps).await.map_err(|e| (e, None))?;
+            crate::network::create_taps(&taps)
+                .await
+                .map_err(|e| (e, None))?;
             let launched = match qemu::launch(spec).await {
                 Ok(l) => l,
                 Err(e) => {

@@ -68,16 +68,19 @@ async fn create(def: &NetworkDef, files: &Files) -> Result<()> {
         .as_deref()
         .ok_or_else(|| Error::Internal(format!("network '{}' has no bridge", def.name)))?;
     if sys::link_exists(br) {
-        return Err(Error::Internal(format!("bridge name '{br}' already in use.")));
+        return Err(Error::Internal(format!(
+            "bridge name '{br}' already in use."
+        )));
     }
     if dnsmasq::needed(def) {
         // Before touching the host: a missing dnsmasq leaves nothing behind.
         let prog = dnsmasq_program();
         let found = prog.contains('/') && std::path::Path::new(&prog).exists()
-            || std::env::var_os("PATH").is_some_and(|p| {
-                std::env::split_paths(&p).any(|d| d.join(&prog).is_file())
-            })
-            || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(&prog).is_file());
+            || std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(&prog).is_file()))
+            || ["/usr/sbin", "/sbin"]
+                .iter()
+                .any(|d| std::path::Path::new(d).join(&prog).is_file());
         if !found {
             return Err(Error::System(format!(
                 "Cannot check dnsmasq binary {prog}: No such file or directory"
@@ -86,9 +89,16 @@ async fn create(def: &NetworkDef, files: &Files) -> Result<()> {
     }
     let delay_cs = (def.delay * 100).to_string();
     ip(&[
-        "link", "add", "name", br, "type", "bridge", "stp_state",
+        "link",
+        "add",
+        "name",
+        br,
+        "type",
+        "bridge",
+        "stp_state",
         if def.stp { "1" } else { "0" },
-        "forward_delay", &delay_cs,
+        "forward_delay",
+        &delay_cs,
     ])
     .await?;
     if let Some(mac) = &def.mac {
@@ -257,7 +267,8 @@ impl ActiveNetwork {
         if self.stopping {
             return;
         }
-        let res = write_dnsmasq_files(&self.def, &self.files).and_then(|_| spawn_dnsmasq(&self.files));
+        let res =
+            write_dnsmasq_files(&self.def, &self.files).and_then(|_| spawn_dnsmasq(&self.files));
         match res {
             Ok(child) => self.watch(child, ctx),
             Err(e) => {

@@ -108,7 +108,11 @@ pub fn hosts_file(def: &NetworkDef) -> String {
                 parts.push(m.clone());
             }
             if let Some(a) = &h.ip {
-                parts.push(if a.is_ipv6() { format!("[{a}]") } else { a.to_string() });
+                parts.push(if a.is_ipv6() {
+                    format!("[{a}]")
+                } else {
+                    a.to_string()
+                });
             }
             if let Some(n) = &h.name {
                 parts.push(n.clone());
@@ -176,7 +180,10 @@ mod tests {
         let f = Files::new(Path::new("/run/x"), "n");
         let c = config(&def, &f);
         assert!(c.contains("interface=qbr5\n"));
-        assert!(c.contains("dhcp-range=10.5.0.10,10.5.0.19,255.255.255.0\n"), "{c}");
+        assert!(
+            c.contains("dhcp-range=10.5.0.10,10.5.0.19,255.255.255.0\n"),
+            "{c}"
+        );
         assert!(c.contains("dhcp-lease-max=10\n"));
         assert!(c.contains("server=10.1.1.1\n"));
         assert!(c.contains("dhcp-leasefile=/run/x/n.leases\n"));

@@ -79,7 +79,9 @@ pub fn ruleset(def: &NetworkDef) -> Option<String> {
     }
     s.push_str("  }\n");
     if !nat.is_empty() {
-        s.push_str("  chain postrouting {\n    type nat hook postrouting priority 100; policy accept;\n");
+        s.push_str(
+            "  chain postrouting {\n    type nat hook postrouting priority 100; policy accept;\n",
+        );
         for r in &nat {
             s.push_str(&format!("    {r}\n"));
         }

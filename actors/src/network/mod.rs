@@ -51,9 +51,9 @@ pub fn plan_taps(def: &DomainDef) -> Result<Vec<TapPlan>> {
                 let live = v.live.as_ref().ok_or_else(|| {
                     Error::OperationInvalid(format!("network '{name}' is not active"))
                 })?;
-                live.bridge.clone().ok_or_else(|| {
-                    Error::Internal(format!("network '{name}' has no bridge"))
-                })?
+                live.bridge
+                    .clone()
+                    .ok_or_else(|| Error::Internal(format!("network '{name}' has no bridge")))?
             }
             InterfaceKind::Bridge(b) => {
                 if !sys::link_exists(b) {

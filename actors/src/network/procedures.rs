@@ -344,7 +344,11 @@ async fn get_dhcp_leases(_: &Call, a: NetworkGetDhcpLeasesArgs) -> Result<Networ
         .collect();
     let count = leases.len() as u32;
     Ok(NetworkGetDhcpLeasesRet {
-        leases: XdrVec(if a.need_results != 0 { leases } else { Vec::new() }),
+        leases: XdrVec(if a.need_results != 0 {
+            leases
+        } else {
+            Vec::new()
+        }),
         ret: count,
     })
 }

@@ -66,12 +66,25 @@ fn xml_error(e: DomainXmlError) -> Error {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Arc<NetView>>")]
 pub enum NetOp {
-    Define { xml: String },
-    Create { xml: String },
-    Undefine { uuid: Uuid },
-    Start { uuid: Uuid },
-    Destroy { uuid: Uuid },
-    SetAutostart { uuid: Uuid, on: bool },
+    Define {
+        xml: String,
+    },
+    Create {
+        xml: String,
+    },
+    Undefine {
+        uuid: Uuid,
+    },
+    Start {
+        uuid: Uuid,
+    },
+    Destroy {
+        uuid: Uuid,
+    },
+    SetAutostart {
+        uuid: Uuid,
+        on: bool,
+    },
     Update {
         uuid: Uuid,
         command: u32,
@@ -237,7 +250,9 @@ impl NetworkRegistry {
                     .filter(|(_, e)| e.def.name != def.name)
                     .any(|(_, e)| others(e).iter().any(|o| o == b));
                 if in_use {
-                    return Err(Error::Internal(format!("bridge name '{b}' already in use.")));
+                    return Err(Error::Internal(format!(
+                        "bridge name '{b}' already in use."
+                    )));
                 }
             }
             let mut taken: Vec<String> = self
@@ -515,17 +530,20 @@ impl NetworkRegistry {
         // Apply to copies first: nothing changes unless all of it works.
         let new_config = if flags & UPDATE_AFFECT_CONFIG != 0 {
             let mut d = e.def.clone();
-            d.update_dhcp_host(command, parent_index, xml).map_err(xml_error)?;
+            d.update_dhcp_host(command, parent_index, xml)
+                .map_err(xml_error)?;
             Some(d)
         } else {
             None
         };
         let new_live = if flags & UPDATE_AFFECT_LIVE != 0 {
-            let (ld, _) = e.live.as_ref().ok_or_else(|| {
-                Error::OperationInvalid("network is not running".into())
-            })?;
+            let (ld, _) = e
+                .live
+                .as_ref()
+                .ok_or_else(|| Error::OperationInvalid("network is not running".into()))?;
             let mut d = ld.clone();
-            d.update_dhcp_host(command, parent_index, xml).map_err(xml_error)?;
+            d.update_dhcp_host(command, parent_index, xml)
+                .map_err(xml_error)?;
             Some(d)
         } else {
             None
@@ -534,8 +552,9 @@ impl NetworkRegistry {
         if let Some(d) = new_config {
             if persistent {
                 let path = self.config_dir.join(format!("{}.xml", d.name));
-                write_atomic(&path, d.to_xml(None).as_bytes())
-                    .map_err(|err| Error::System(format!("cannot write {}: {err}", path.display())))?;
+                write_atomic(&path, d.to_xml(None).as_bytes()).map_err(|err| {
+                    Error::System(format!("cannot write {}: {err}", path.display()))
+                })?;
             }
             if let Some(e) = self.nets.get_mut(&uuid) {
                 e.def = d;
@@ -614,7 +633,10 @@ impl NetworkRegistry {
                     continue;
                 }
             };
-            let autostart = self.autostart_dir.join(format!("{}.xml", def.name)).exists();
+            let autostart = self
+                .autostart_dir
+                .join(format!("{}.xml", def.name))
+                .exists();
             let uuid = def.uuid;
             self.nets.insert(
                 uuid,

@@ -122,4 +122,3 @@ pub async fn delete_link(name: &str) {
         }
     }
 }
-
