@@ -106,6 +106,31 @@ enum Cmd {
     },
     /// Measure a daemon's latency and throughput.
     Bench(BenchArgs),
+    /// Define a virtual network from an XML file.
+    NetDefine { file: String },
+    /// Start a defined network.
+    NetStart { network: String },
+    /// Stop an active network.
+    NetDestroy { network: String },
+    /// Remove a network's definition.
+    NetUndefine { network: String },
+    /// List networks.
+    NetList {
+        /// Include inactive networks.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Basic facts about a network.
+    NetInfo { network: String },
+    /// A network's XML.
+    NetDumpxml {
+        network: String,
+        /// The persistent definition rather than the running one.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// The DHCP leases a network handed out.
+    NetDhcpLeases { network: String },
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -502,6 +527,137 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
+        Cmd::NetDefine { file } => {
+            let xml = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Connect(format!("cannot read {file}: {e}")))?;
+            let n = c.network_define(&xml).await?;
+            if json {
+                print_json(
+                    json!({"name": n.name.0, "uuid": uuid::Uuid::from_bytes(n.uuid.0).to_string()}),
+                );
+            } else {
+                println!("Network {} defined from {file}", n.name);
+            }
+        }
+        Cmd::NetStart { network } => {
+            let n = c.network_lookup(&network).await?;
+            c.network_start(&n).await?;
+            net_done(json, &n.name.0, "started");
+        }
+        Cmd::NetDestroy { network } => {
+            let n = c.network_lookup(&network).await?;
+            c.network_destroy(&n).await?;
+            net_done(json, &n.name.0, "destroyed");
+        }
+        Cmd::NetUndefine { network } => {
+            let n = c.network_lookup(&network).await?;
+            c.network_undefine(&n).await?;
+            net_done(json, &n.name.0, "has been undefined");
+        }
+        Cmd::NetList { all } => {
+            // VIR_CONNECT_LIST_NETWORKS_ACTIVE unless --all.
+            let nets = c.list_all_networks(if all { 0 } else { 2 }).await?;
+            let mut rows = Vec::new();
+            for n in &nets {
+                rows.push((
+                    n.name.0.clone(),
+                    c.network_is_active(n).await?,
+                    c.network_autostart(n).await?,
+                    c.network_is_persistent(n).await?,
+                ));
+            }
+            rows.sort();
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(name, active, auto, pers)| json!({"name": name, "active": active, "autostart": auto, "persistent": pers}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+                println!(
+                    " {:<w$}   {:<8}   {:<9}   Persistent",
+                    "Name", "State", "Autostart"
+                );
+                println!("{}", "-".repeat(w + 40));
+                for (name, active, auto, pers) in rows {
+                    let state = if active { "active" } else { "inactive" };
+                    println!(
+                        " {name:<w$}   {state:<8}   {:<9}   {}",
+                        yes(auto),
+                        yes(pers)
+                    );
+                }
+            }
+        }
+        Cmd::NetInfo { network } => {
+            let n = c.network_lookup(&network).await?;
+            let active = c.network_is_active(&n).await?;
+            let persistent = c.network_is_persistent(&n).await?;
+            let autostart = c.network_autostart(&n).await?;
+            let bridge = c.network_bridge(&n).await.ok();
+            let uuid = uuid::Uuid::from_bytes(n.uuid.0).to_string();
+            if json {
+                print_json(json!({"name": n.name.0, "uuid": uuid, "active": active,
+                    "persistent": persistent, "autostart": autostart, "bridge": bridge}));
+            } else {
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                println!("{:<16}{}", "Name:", n.name);
+                println!("{:<16}{uuid}", "UUID:");
+                println!("{:<16}{}", "Active:", yes(active));
+                println!("{:<16}{}", "Persistent:", yes(persistent));
+                println!("{:<16}{}", "Autostart:", yes(autostart));
+                if let Some(b) = bridge {
+                    println!("{:<16}{b}", "Bridge:");
+                }
+            }
+        }
+        Cmd::NetDumpxml { network, inactive } => {
+            let n = c.network_lookup(&network).await?;
+            let xml = c.network_xml(&n, if inactive { 1 } else { 0 }).await?;
+            if json {
+                print_json(json!({"name": n.name.0, "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        Cmd::NetDhcpLeases { network } => {
+            let n = c.network_lookup(&network).await?;
+            let leases = c.network_dhcp_leases(&n).await?;
+            let text = |s: &Option<qemud_protocol::xdr::XdrString>| {
+                s.as_ref()
+                    .map(|x| x.0.clone())
+                    .unwrap_or_else(|| "-".into())
+            };
+            if json {
+                print_json(json!(leases
+                    .iter()
+                    .map(|l| json!({"expiry": l.expirytime, "mac": l.mac.as_ref().map(|m| m.0.clone()),
+                        "type": if l.type_ == 0 { "ipv4" } else { "ipv6" },
+                        "address": format!("{}/{}", l.ipaddr.0, l.prefix),
+                        "hostname": l.hostname.as_ref().map(|h| h.0.clone()),
+                        "client_id": l.clientid.as_ref().map(|h| h.0.clone())}))
+                    .collect::<Vec<_>>()));
+            } else {
+                println!(
+                    " {:<12} {:<18} {:<8} {:<20} {:<12} Client ID or DUID",
+                    "Expiry", "MAC address", "Protocol", "IP address", "Hostname"
+                );
+                println!("{}", "-".repeat(100));
+                for l in &leases {
+                    let proto = if l.type_ == 0 { "ipv4" } else { "ipv6" };
+                    println!(
+                        " {:<12} {:<18} {:<8} {:<20} {:<12} {}",
+                        l.expirytime,
+                        text(&l.mac),
+                        proto,
+                        format!("{}/{}", l.ipaddr.0, l.prefix),
+                        text(&l.hostname),
+                        text(&l.clientid)
+                    );
+                }
+            }
+        }
         Cmd::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
@@ -528,6 +684,14 @@ where
         println!("Domain '{name}' {done}");
     }
     Ok(())
+}
+
+fn net_done(json: bool, name: &str, done: &str) {
+    if json {
+        print_json(json!({"name": name, "result": done}));
+    } else {
+        println!("Network {name} {done}");
+    }
 }
 
 fn main() -> ExitCode {

@@ -624,7 +624,7 @@ impl DomainDef {
             }
             x.push_str("    </disk>\n");
         }
-        for nic in &d.interfaces {
+        for (i, nic) in d.interfaces.iter().enumerate() {
             let (kind, source) = match &nic.kind {
                 InterfaceKind::User => ("user", None),
                 InterfaceKind::Network(n) => {
@@ -636,6 +636,11 @@ impl DomainDef {
             let _ = writeln!(x, "      <mac address='{}'/>", esc_attr(&nic.mac));
             if let Some(s) = source {
                 let _ = writeln!(x, "      <source {s}/>");
+                // The tap the daemon plugged in, while the domain runs.
+                if live.is_some() {
+                    let tap = crate::network::tap_name(&self.uuid, i);
+                    let _ = writeln!(x, "      <target dev='{tap}'/>");
+                }
             }
             let _ = writeln!(x, "      <model type='{}'/>", esc_attr(&nic.model));
             if let Some(n) = nic.boot_order {

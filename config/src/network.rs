@@ -946,6 +946,15 @@ pub fn subnets_overlap(a: &IpDef, b: &IpDef) -> bool {
     mask(a.address, p) == mask(b.address, p)
 }
 
+/// The tap device of a domain's `index`th NIC. Derived from the domain's
+/// UUID so that the command line, start, stop, the live XML and a
+/// restarted daemon all agree on it without remembering it (at most 15
+/// bytes, IFNAMSIZ, for up to 100 NICs).
+pub fn tap_name(domain: &Uuid, index: usize) -> String {
+    let hex = domain.simple().to_string();
+    format!("vnet{}n{index}", &hex[..7])
+}
+
 /// The `default` network as distributions ship it.
 pub fn default_network_xml() -> String {
     format!(

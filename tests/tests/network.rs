@@ -335,6 +335,38 @@ fn nat_network_lifecycle_with_virsh() {
     events.expect("NETEVENT natnet UNDEFINED", 10);
     let list = squash(virsh(&uri, &["net-list", "--all"]).ok());
     assert!(!list.contains("natnet"), "{list}");
+
+    // The same through qemuctl, with an isolated network.
+    let iso = write_xml(
+        &dir,
+        "iso",
+        "<network><name>iso</name><bridge name='qdiso'/><ip address='10.66.0.1' prefix='24'>\
+         <dhcp><range start='10.66.0.10' end='10.66.0.20'/></dhcp></ip></network>",
+    );
+    qemuctl(&uri, &["net-define", iso.to_str().unwrap()]).ok();
+    qemuctl(&uri, &["net-start", "iso"]).ok();
+    let list: serde_json::Value =
+        serde_json::from_str(qemuctl(&uri, &["--json", "net-list"]).ok()).unwrap();
+    assert_eq!(list[0]["name"], "iso", "{list}");
+    assert_eq!(list[0]["active"], true);
+    let info: serde_json::Value =
+        serde_json::from_str(qemuctl(&uri, &["--json", "net-info", "iso"]).ok()).unwrap();
+    assert_eq!(info["bridge"], "qdiso", "{info}");
+    assert!(qemuctl(&uri, &["net-dumpxml", "iso"])
+        .ok()
+        .contains("<bridge name='qdiso'"));
+    let rules = d.nft();
+    assert!(
+        rules.contains("table inet qemud_qdiso") && !rules.contains("masquerade"),
+        "{rules}"
+    );
+    let leases: serde_json::Value =
+        serde_json::from_str(qemuctl(&uri, &["--json", "net-dhcp-leases", "iso"]).ok()).unwrap();
+    assert_eq!(leases, serde_json::json!([]));
+    qemuctl(&uri, &["net-destroy", "iso"]).ok();
+    assert!(!d.has_link("qdiso"));
+    qemuctl(&uri, &["net-undefine", "iso"]).ok();
+    assert!(!qemuctl(&uri, &["net-list", "--all"]).ok().contains("iso"));
 }
 
 #[test]
@@ -346,10 +378,16 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
     virsh(&uri, &["net-define", net.to_str().unwrap()]).ok();
     virsh(&uri, &["net-start", "natnet"]).ok();
 
+    // A host bridge of the test's own for the second NIC.
+    d.ns(&["ip", "link", "add", "qdtest", "type", "bridge"]);
+    d.ns(&["ip", "addr", "add", "10.99.0.1/24", "dev", "qdtest"]);
+    d.ns(&["ip", "link", "set", "qdtest", "up"]);
     let xml = guest_xml(&dir, "netguest", 256).replace(
         "<memballoon model='none'/>",
         "<interface type='network'><source network='natnet'/><mac address='52:54:00:12:34:56'/>\
-         <model type='e1000'/></interface>\n    <memballoon model='none'/>",
+         <model type='e1000'/></interface>\n\
+         <interface type='bridge'><source bridge='qdtest'/><model type='e1000'/></interface>\n\
+         <memballoon model='none'/>",
     );
     let path = write_xml(&dir, "netguest", &xml);
     virsh(&uri, &["define", path.to_str().unwrap()]).ok();
@@ -379,6 +417,47 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
     );
     let addr = squash(virsh(&uri, &["domifaddr", "netguest"]).ok());
     assert!(addr.contains("52:54:00:12:34:56 ipv4 10.77.0."), "{addr}");
+    let leases = qemuctl(&uri, &["--json", "net-dhcp-leases", "natnet"]);
+    let leases: serde_json::Value = serde_json::from_str(leases.ok()).unwrap();
+    assert_eq!(leases[0]["mac"], "52:54:00:12:34:56", "{leases}");
+    assert!(leases[0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.77.0."));
+
+    // domiflist shows the taps; domifstat counts the guest's packets (its
+    // DHCP and pings went out through the first NIC).
+    let iflist = squash(virsh(&uri, &["domiflist", "netguest"]).ok());
+    assert!(
+        iflist.contains("network natnet e1000 52:54:00:12:34:56"),
+        "{iflist}"
+    );
+    assert!(iflist.contains("bridge qdtest e1000 52:54:00:"), "{iflist}");
+    let stat = |dev: &str, counter: &str| -> i64 {
+        let out = virsh(&uri, &["domifstat", "netguest", dev]).ok().to_owned();
+        out.lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace().skip(1);
+                (w.next() == Some(counter)).then(|| w.next()?.parse().ok())?
+            })
+            .unwrap_or(-1)
+    };
+    assert!(stat("52:54:00:12:34:56", "tx_packets") >= 4);
+    assert!(stat("52:54:00:12:34:56", "rx_packets") >= 4);
+    // The bridge NIC gets what the host sends on the test bridge.
+    let second = std::fs::read_to_string(&path).unwrap();
+    assert!(second.contains("qdtest"));
+    wait_until(30, "traffic on the bridge NIC", || {
+        d.ns(&["ping", "-c", "1", "-W", "1", "-I", "qdtest", "10.99.0.2"]);
+        let dump = virsh(&uri, &["dumpxml", "netguest"]).ok().to_owned();
+        let mac = dump
+            .split("<interface type='bridge'>")
+            .nth(1)
+            .and_then(|t| t.split("address='").nth(1))
+            .map(|t| t[..17].to_owned())
+            .unwrap_or_default();
+        stat(&mac, "rx_packets") > 0
+    });
 
     // The tap is plugged into the bridge while the guest runs, and goes
     // when it stops.

@@ -12,7 +12,6 @@ pub mod registry;
 pub mod sys;
 
 use qemud_config::domain::{DomainDef, InterfaceKind};
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::rpc::Procedure;
@@ -22,13 +21,7 @@ pub fn procedures() -> Vec<Procedure> {
     procedures::procedures()
 }
 
-/// The tap device of a domain's `index`th NIC. Derived from the domain's
-/// UUID so that the command line, start, stop and a restarted daemon all
-/// agree on it without remembering it (at most 15 bytes, IFNAMSIZ).
-pub fn tap_name(domain: &Uuid, index: usize) -> String {
-    let hex = domain.simple().to_string();
-    format!("vnet{}n{index}", &hex[..7])
-}
+pub use qemud_config::network::tap_name;
 
 /// A tap to create for a NIC: its name, the bridge it joins, its MTU.
 #[derive(Debug, Clone)]

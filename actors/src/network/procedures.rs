@@ -42,6 +42,7 @@ pub fn procedures() -> Vec<Procedure> {
         call!(NETWORK_IS_PERSISTENT, Read, is_persistent),
         call!(NETWORK_GET_DHCP_LEASES, Read, get_dhcp_leases),
         call!(DOMAIN_INTERFACE_ADDRESSES, Read, domain_interface_addresses),
+        call!(DOMAIN_INTERFACE_STATS, Read, domain_interface_stats),
     ]
 }
 
@@ -402,5 +403,45 @@ async fn domain_interface_addresses(
     }
     Ok(DomainInterfaceAddressesRet {
         ifaces: XdrVec(ifaces),
+    })
+}
+
+/// `virDomainInterfaceStats` of a NIC on a tap the daemon created, named by
+/// its tap or its MAC. The tap's counters are seen from the host, so they
+/// are swapped to be the guest's, as libvirt does.
+async fn domain_interface_stats(
+    call: &Call,
+    a: DomainInterfaceStatsArgs,
+) -> Result<DomainInterfaceStatsRet> {
+    let dom = call.svc.index.resolve(&a.dom)?;
+    if !dom.is_active() {
+        return Err(Error::OperationInvalid("domain is not running".into()));
+    }
+    let def = DomainDef::parse(&dom.xml).map_err(|e| Error::Internal(e.to_string()))?;
+    let device = a.device.as_str();
+    let tap = def
+        .devices
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !matches!(n.kind, InterfaceKind::User))
+        .map(|(i, n)| (super::tap_name(&def.uuid, i), n))
+        .find(|(tap, n)| tap == device || n.mac.eq_ignore_ascii_case(device))
+        .map(|(tap, _)| tap)
+        .ok_or_else(|| {
+            Error::InvalidArg(format!("invalid path, '{device}' is not a known interface"))
+        })?;
+    let c = super::sys::link_counters(&tap)
+        .filter(|c| c.len() >= 12)
+        .ok_or_else(|| Error::System(format!("Interface '{tap}' not found")))?;
+    Ok(DomainInterfaceStatsRet {
+        rx_bytes: c[8],
+        rx_packets: c[9],
+        rx_errs: c[10],
+        rx_drop: c[11],
+        tx_bytes: c[0],
+        tx_packets: c[1],
+        tx_errs: c[2],
+        tx_drop: c[3],
     })
 }
