@@ -18,7 +18,7 @@ use qemud_actors::domain::registry::Registry;
 use qemud_actors::domain::store::Store;
 use qemud_actors::events::EventBus;
 use qemud_actors::host::HostInfo;
-use qemud_actors::network::registry::{NetworkRegistry, StopAll};
+use qemud_actors::network::registry::{NetworkRegistry, Ready, StopAll};
 use qemud_actors::Services;
 use qemud_config::settings::{Mode, Settings};
 
@@ -136,7 +136,11 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         settings.run_dir.clone(),
         qemud_actors::network::index::global(),
         events.clone(),
+        Some(index.clone()),
     ));
+    // Networks a killed daemon left active are taken back before clients
+    // can look at them.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), networks.send(Ready)).await;
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use qemud_tests::*;
 
-/// A daemon in its own network namespace.
+/// A daemon in a network namespace of its own. A holder process keeps the
+/// namespace, so the daemon can be killed and started again inside it.
 struct NsDaemon {
     dir: tempfile::TempDir,
+    holder: Child,
     child: Option<Child>,
 }
 
@@ -21,40 +23,74 @@ impl NsDaemon {
             .prefix("qdn")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let log = std::fs::File::create(dir.path().join("qemud.log")).expect("log");
-        // unshare execs qemud, so the child's pid is the daemon's and its
-        // namespace lives as long as the daemon (and what it started).
-        let child = Command::new("unshare")
-            .arg("--net")
+        let holder = Command::new("unshare")
+            .args(["--net", "--", "sleep", "100000"])
+            .spawn()
+            .expect("spawn unshare");
+        let mut d = NsDaemon {
+            dir,
+            holder,
+            child: None,
+        };
+        let own = std::fs::read_link("/proc/self/ns/net").ok();
+        wait_until(10, "namespace created", || {
+            std::fs::read_link(format!("/proc/{}/ns/net", d.holder.id())).ok() != own
+        });
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon inside the namespace; nsenter execs it, so the
+    /// child's pid is the daemon's.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("qemud.log"))
+            .expect("log");
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.holder.id()))
             .arg("--")
             .arg(binary("qemud"))
             .arg("--run-dir")
-            .arg(dir.path().join("run"))
+            .arg(self.dir.path().join("run"))
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(self.dir.path().join("state"))
             .env("RUST_LOG", "info,qemud_actors=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn unshare qemud");
-        let mut d = NsDaemon {
-            dir,
-            child: Some(child),
-        };
-        let sock = d.socket();
+            .expect("spawn nsenter qemud");
+        self.child = Some(child);
+        let sock = self.socket();
         let until = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            if let Some(s) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("qemud exited early ({s}):\n{}", d.log());
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("qemud exited early ({s}):\n{}", self.log());
             }
-            assert!(Instant::now() < until, "qemud did not start:\n{}", d.log());
+            assert!(
+                Instant::now() < until,
+                "qemud did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        d
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.holder.id()
     }
 
     fn socket(&self) -> PathBuf {
@@ -111,6 +147,22 @@ impl NsDaemon {
             .and_then(|l| l.trim().parse().ok())
     }
 
+    /// Every dnsmasq serving one of this daemon's networks.
+    fn dnsmasq_pids(&self) -> Vec<i32> {
+        let conf = self.dir.path().join("run/networks");
+        Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("dnsmasq --conf-file={}/", conf.display()))
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn terminate(&mut self) {
         let Some(mut c) = self.child.take() else {
             return;
@@ -143,11 +195,16 @@ impl Drop for NsDaemon {
                 }
             }
         }
-        if let Some(mut c) = self.child.take() {
-            // dnsmasq dies with the daemon (parent-death signal).
-            let _ = c.kill();
-            let _ = c.wait();
+        self.kill9();
+        // A killed daemon's dnsmasq outlives it.
+        for pid in self.dnsmasq_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }
 
@@ -468,17 +525,44 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
         .find(|n| n.starts_with("vnet"))
         .unwrap_or_else(|| panic!("no tap on the bridge: {taps}"))
         .to_owned();
+
+    // A killed daemon takes the network back on restart: same bridge with
+    // the guest's tap on it, rules, a new dnsmasq.
+    let before = d.dnsmasq_pid("natnet");
+    d.kill9();
+    d.spawn();
+    let list = squash(virsh(&uri, &["net-list"]).ok());
+    assert!(list.contains("natnet active"), "{list}");
+    let after = d.dnsmasq_pids();
+    assert_eq!(after.len(), 1, "one dnsmasq: {after:?}");
+    assert_ne!(Some(after[0]), before);
+    assert!(d.nft().contains("table inet qemud_qdbr7"));
+    assert!(d
+        .ns(&["ip", "-o", "link", "show", "master", "qdbr7"])
+        .contains(&tap));
+    wait_until(30, "domain re-attached", || {
+        virsh(&uri, &["domstate", "netguest"])
+            .stdout
+            .contains("running")
+    });
+
+    // Destroyed and started again under a running guest: its tap goes back
+    // on the new bridge.
+    virsh(&uri, &["net-destroy", "natnet"]).ok();
+    virsh(&uri, &["net-start", "natnet"]).ok();
+    wait_until(10, "tap plugged back", || {
+        d.ns(&["ip", "-o", "link", "show", "master", "qdbr7"])
+            .contains(&tap)
+    });
+
     virsh(&uri, &["destroy", "netguest"]).ok();
     wait_until(20, "tap removed", || !d.has_link(&tap));
 
     // Stopping the daemon takes its networks down.
-    let pid = d.pid();
     d.terminate();
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || d.dnsmasq_pid("natnet").is_none()
-    );
     wait_until(10, "dnsmasq gone with the daemon", || {
         d.dnsmasq_pid("natnet").is_none()
     });
+    assert!(!d.has_link("qdbr7"));
+    assert!(!d.nft().contains("qemud_qdbr7"));
 }

@@ -144,6 +144,25 @@ fn enable_forwarding(path: &str) {
     }
 }
 
+/// Takes a network a killed daemon left running back: the bridge (with
+/// the guests' taps on it) stays if it is there, the firewall table and
+/// dnsmasq's files are made anew; a missing bridge is created.
+pub async fn reattach(def: &NetworkDef, files: &Files) -> Result<()> {
+    let br = def.bridge.as_deref().unwrap_or_default();
+    if def.is_bridge_mode() || !sys::link_exists(br) {
+        return bring_up(def, files).await;
+    }
+    if let Some(rules) = firewall::ruleset(def) {
+        let table = firewall::table_name(br);
+        let _ = sys::run("nft", &["delete", "table", "inet", &table], None).await;
+        sys::run("nft", &["-f", "-"], Some(&rules)).await?;
+    }
+    if dnsmasq::needed(def) {
+        write_dnsmasq_files(def, files)?;
+    }
+    Ok(())
+}
+
 /// Removes the bridge, the firewall table and dnsmasq's generated files
 /// (the lease file goes too: the next start begins afresh, like libvirt).
 pub async fn tear_down(def: &NetworkDef, files: &Files) {
@@ -160,6 +179,31 @@ pub async fn tear_down(def: &NetworkDef, files: &Files) {
     }
 }
 
+/// Kills a dnsmasq still serving these files (one a killed daemon left,
+/// should its parent-death signal not have reached it): two would fight
+/// over the same addresses.
+pub fn kill_stale_dnsmasq(files: &Files) {
+    let wanted = format!("--conf-file={}", files.conf.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == wanted.as_bytes()) {
+            warn!(pid, "killing a dnsmasq left from a previous run");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 pub fn spawn_dnsmasq(files: &Files) -> Result<Child> {
     let prog = dnsmasq_program();
     let mut cmd = Command::new(&prog);
@@ -170,13 +214,8 @@ pub fn spawn_dnsmasq(files: &Files) -> Result<Child> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
-    // dnsmasq must not outlive the daemon that supervises it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    // A dnsmasq outlives a killed daemon (guests keep their DHCP and DNS
+    // meanwhile); the next daemon replaces it (kill_stale_dnsmasq).
     cmd.spawn()
         .map_err(|e| Error::System(format!("Cannot check dnsmasq binary {prog}: {e}")))
 }

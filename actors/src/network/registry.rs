@@ -23,6 +23,7 @@ use super::index::{NetView, NetworkIndex};
 use crate::domain::store::write_atomic;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, Family, ObjectKey};
+use tokio::process::Child;
 
 /// `virNetworkEventLifecycleType`.
 pub mod lifecycle {
@@ -100,6 +101,17 @@ pub enum NetOp {
 #[rtype(result = "()")]
 pub struct StopAll;
 
+/// Answered once the networks a previous run left active are taken back
+/// and autostart is done (the daemon waits for it before listening).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ready;
+
+impl Handler<Ready> for NetworkRegistry {
+    type Result = ();
+    fn handle(&mut self, _: Ready, _: &mut Self::Context) {}
+}
+
 /// Asks an active network's actor for its dnsmasq pid.
 #[derive(Message)]
 #[rtype(result = "Option<i32>")]
@@ -121,6 +133,8 @@ pub struct NetworkRegistry {
     autostart_dir: PathBuf,
     run_dir: PathBuf,
     nets: HashMap<Uuid, Entry>,
+    /// Running guests, whose taps go back on a restarted network's bridge.
+    domains: Option<Arc<crate::domain::index::DomainIndex>>,
 }
 
 impl NetworkRegistry {
@@ -129,6 +143,7 @@ impl NetworkRegistry {
         run_dir: PathBuf,
         index: Arc<NetworkIndex>,
         events: Addr<EventBus>,
+        domains: Option<Arc<crate::domain::index::DomainIndex>>,
     ) -> NetworkRegistry {
         let config_dir = state_dir.join("networks");
         NetworkRegistry {
@@ -138,6 +153,7 @@ impl NetworkRegistry {
             config_dir,
             run_dir: run_dir.join("networks"),
             nets: HashMap::new(),
+            domains,
         }
     }
 
@@ -443,6 +459,7 @@ impl NetworkRegistry {
                 }
             }
             info!(network = %def.name, "network started");
+            act.replug(&def);
             act.emit(&def, lifecycle::STARTED);
             act.view_after(&uuid)
         }))
@@ -576,24 +593,78 @@ impl NetworkRegistry {
         self.view_after(&uuid)
     }
 
-    /// Tears down networks a killed daemon left behind (their live records).
-    async fn clean_leftovers(run_dir: PathBuf) {
+    /// Takes back the networks a killed daemon left active (their live
+    /// records): rules and dnsmasq anew, the bridge and its taps kept. What
+    /// cannot be taken back is torn down.
+    async fn recover_leftovers(run_dir: PathBuf) -> Vec<(NetworkDef, Files, Option<Child>)> {
+        let mut back = Vec::new();
         let Ok(entries) = std::fs::read_dir(&run_dir) else {
-            return;
+            return back;
         };
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().and_then(|x| x.to_str()) != Some("xml") {
                 continue;
             }
-            if let Ok(text) = std::fs::read_to_string(&p) {
-                if let Ok(def) = NetworkDef::parse(&text) {
-                    warn!(network = %def.name, "removing what a previous run left of the network");
-                    active::tear_down(&def, &Files::new(&run_dir, &def.name)).await;
+            let Some(def) = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|t| NetworkDef::parse(&t).ok())
+            else {
+                let _ = std::fs::remove_file(&p);
+                continue;
+            };
+            let files = Files::new(&run_dir, &def.name);
+            active::kill_stale_dnsmasq(&files);
+            let res = async {
+                active::reattach(&def, &files).await?;
+                if dnsmasq::needed(&def) {
+                    active::spawn_dnsmasq(&files).map(Some)
+                } else {
+                    Ok(None)
                 }
             }
-            let _ = std::fs::remove_file(&p);
+            .await;
+            match res {
+                Ok(child) => {
+                    info!(network = %def.name, "network taken back after a restart");
+                    back.push((def, files, child));
+                }
+                Err(err) => {
+                    warn!(network = %def.name, "cannot take the network back: {err}");
+                    active::tear_down(&def, &files).await;
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
         }
+        back
+    }
+
+    /// Plugs the taps of running guests on this network back into its
+    /// bridge (after the network was restarted under them).
+    fn replug(&self, def: &NetworkDef) {
+        let (Some(domains), Some(bridge)) = (self.domains.clone(), def.bridge.clone()) else {
+            return;
+        };
+        let name = def.name.clone();
+        actix::spawn(async move {
+            for v in domains.all().iter().filter(|v| v.is_active()) {
+                let Ok(dd) = qemud_config::domain::DomainDef::parse(&v.xml) else {
+                    continue;
+                };
+                for (i, nic) in dd.devices.interfaces.iter().enumerate() {
+                    let on_this = matches!(&nic.kind, qemud_config::domain::InterfaceKind::Network(n) if *n == name);
+                    let tap = super::tap_name(&dd.uuid, i);
+                    if on_this && super::sys::link_exists(&tap) {
+                        if let Err(e) =
+                            super::sys::ip(&["link", "set", "dev", &tap, "master", &bridge, "up"])
+                                .await
+                        {
+                            warn!(network = %name, "cannot plug {tap} back in: {e}");
+                        }
+                    }
+                }
+            }
+        });
     }
 
     fn load(&mut self) {
@@ -659,9 +730,22 @@ impl Actor for NetworkRegistry {
         self.load();
         let run_dir = self.run_dir.clone();
         ctx.wait(
-            Self::clean_leftovers(run_dir)
+            Self::recover_leftovers(run_dir)
                 .into_actor(self)
-                .map(|_, act, ctx| {
+                .map(|back, act, ctx| {
+                    for (def, files, child) in back {
+                        let uuid = def.uuid;
+                        let addr = ActiveNetwork::start(def.clone(), files, child);
+                        let e = act.nets.entry(uuid).or_insert_with(|| Entry {
+                            def: def.clone(),
+                            persistent: false,
+                            autostart: false,
+                            live: None,
+                        });
+                        e.live = Some((def.clone(), addr));
+                        act.publish(&uuid);
+                        act.replug(&def);
+                    }
                     let auto: Vec<Uuid> = act
                         .nets
                         .iter()
@@ -669,6 +753,9 @@ impl Actor for NetworkRegistry {
                         .map(|(u, _)| *u)
                         .collect();
                     for uuid in auto {
+                        if act.nets.get(&uuid).is_some_and(|e| e.live.is_some()) {
+                            continue;
+                        }
                         ctx.wait(act.start(uuid).map(move |res, act, _| {
                             if let Err(e) = res {
                                 let name = act.nets.get(&uuid).map(|e| e.def.name.clone());
