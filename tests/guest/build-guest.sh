@@ -103,6 +103,31 @@ if [ -e /sys/class/net/eth0 ]; then
         else
             echo "QEMUD-GUEST-PING-FAILED $router"
         fi
+        # Tests name a peer guest to reach, and an address beyond the host
+        # that must stay out of reach, on the kernel command line.
+        peer=$(sed -n 's/.*qemud\.peer=\([^ ]*\).*/\1/p' /proc/cmdline)
+        if [ -n "$peer" ]; then
+            ok=""
+            for i in $(seq 90); do
+                if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then
+                    ok=1
+                    break
+                fi
+            done
+            if [ -n "$ok" ]; then
+                echo "QEMUD-GUEST-PEER-OK $peer"
+            else
+                echo "QEMUD-GUEST-PEER-FAILED $peer"
+            fi
+        fi
+        outside=$(sed -n 's/.*qemud\.outside=\([^ ]*\).*/\1/p' /proc/cmdline)
+        if [ -n "$outside" ]; then
+            if ping -c 2 -W 1 "$outside" >/dev/null 2>&1; then
+                echo "QEMUD-GUEST-OUTSIDE-REACHED $outside"
+            else
+                echo "QEMUD-GUEST-OUTSIDE-UNREACHABLE $outside"
+            fi
+        fi
     ) &
 fi
 echo "QEMUD-GUEST-READY button=$button"

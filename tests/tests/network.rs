@@ -453,6 +453,8 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
         .ok()
         .contains("52:54:00:12:34:56"));
     virsh(&uri, &["start", "netguest"]).ok();
+    let dump = virsh(&uri, &["net-dumpxml", "natnet"]).ok().to_owned();
+    assert!(dump.starts_with("<network connections='1'>"), "{dump}");
 
     let log = serial_log(&dir, "netguest");
     wait_until(240, "guest ping result", || {
@@ -565,4 +567,106 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
     });
     assert!(!d.has_link("qdbr7"));
     assert!(!d.nft().contains("qemud_qdbr7"));
+}
+
+#[test]
+fn two_guests_on_an_isolated_network_reach_each_other_not_the_outside() {
+    let d = NsDaemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path().to_path_buf();
+    // "Outside": a second namespace behind a veth, routed from the daemon's.
+    let outside = Command::new("unshare")
+        .args(["--net", "--", "sleep", "100000"])
+        .spawn()
+        .expect("spawn outside namespace");
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let outside = KillOnDrop(outside);
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
+    wait_until(10, "outside namespace", || {
+        std::fs::read_link(format!("/proc/{}/ns/net", outside.0.id())).ok() != own
+    });
+    let opid = outside.0.id().to_string();
+    d.ns(&[
+        "ip", "link", "add", "qdout", "type", "veth", "peer", "name", "qdpeer", "netns", &opid,
+    ]);
+    d.ns(&["ip", "addr", "add", "10.55.0.1/24", "dev", "qdout"]);
+    d.ns(&["ip", "link", "set", "qdout", "up"]);
+    let in_outside = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{opid}/ns/net"))
+            .arg("--")
+            .args(args)
+            .status()
+            .expect("nsenter outside");
+    };
+    in_outside(&["ip", "addr", "add", "10.55.0.2/24", "dev", "qdpeer"]);
+    in_outside(&["ip", "link", "set", "qdpeer", "up"]);
+    in_outside(&["ip", "route", "add", "default", "via", "10.55.0.1"]);
+
+    let net = write_xml(
+        &dir,
+        "iso",
+        "<network><name>iso</name><bridge name='qdiso1'/>\
+         <ip address='10.66.0.1' prefix='24'><dhcp>\
+         <range start='10.66.0.100' end='10.66.0.120'/>\
+         <host mac='52:54:00:66:00:11' ip='10.66.0.11'/>\
+         <host mac='52:54:00:66:00:12' ip='10.66.0.12'/>\
+         </dhcp></ip></network>",
+    );
+    virsh(&uri, &["net-define", net.to_str().unwrap()]).ok();
+    virsh(&uri, &["net-start", "iso"]).ok();
+    for (name, mac, peer) in [
+        ("isoa", "52:54:00:66:00:11", "10.66.0.12"),
+        ("isob", "52:54:00:66:00:12", "10.66.0.11"),
+    ] {
+        let xml = guest_xml(&dir, name, 256)
+            .replace(
+                "quiet</cmdline>",
+                &format!("quiet qemud.peer={peer} qemud.outside=10.55.0.2</cmdline>"),
+            )
+            .replace(
+                "<memballoon model='none'/>",
+                &format!(
+                    "<interface type='network'><source network='iso'/><mac address='{mac}'/>\
+                     <model type='e1000'/></interface>\n    <memballoon model='none'/>"
+                ),
+            );
+        let path = write_xml(&dir, name, &xml);
+        virsh(&uri, &["create", path.to_str().unwrap()]).ok();
+    }
+    for (name, peer) in [("isoa", "10.66.0.12"), ("isob", "10.66.0.11")] {
+        let log = serial_log(&dir, name);
+        wait_until(240, &format!("{name} done"), || {
+            std::fs::read_to_string(&log)
+                .map(|t| t.contains("QEMUD-GUEST-OUTSIDE-"))
+                .unwrap_or(false)
+        });
+        let serial = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            serial.contains(&format!("QEMUD-GUEST-PEER-OK {peer}")),
+            "{serial}"
+        );
+        assert!(
+            serial.contains("QEMUD-GUEST-OUTSIDE-UNREACHABLE 10.55.0.2"),
+            "{serial}"
+        );
+    }
+    let leases = squash(virsh(&uri, &["net-dhcp-leases", "iso"]).ok());
+    assert!(
+        leases.contains("52:54:00:66:00:11 ipv4 10.66.0.11/24"),
+        "{leases}"
+    );
+    assert!(
+        leases.contains("52:54:00:66:00:12 ipv4 10.66.0.12/24"),
+        "{leases}"
+    );
+    // A network in use can be destroyed, as in libvirt.
+    virsh(&uri, &["net-destroy", "iso"]).ok();
+    assert!(!d.has_link("qdiso1"));
 }

@@ -229,21 +229,41 @@ async fn destroy(call: &Call, a: NetworkDestroyArgs) -> Result<()> {
     Ok(())
 }
 
-async fn get_xml_desc(_: &Call, a: NetworkGetXmlDescArgs) -> Result<NetworkGetXmlDescRet> {
+async fn get_xml_desc(call: &Call, a: NetworkGetXmlDescArgs) -> Result<NetworkGetXmlDescRet> {
     crate::rpc::wire::check_flags(a.flags, XML_INACTIVE, "virNetworkGetXMLDesc")?;
     let v = resolve(&a.net)?;
     let xml = if a.flags & XML_INACTIVE != 0 {
         v.def.to_xml(None)
     } else {
-        let connections = v.live.as_ref().map(|_| connections(&v));
+        let connections = v.live.as_ref().map(|_| connections(call, &v));
         v.current().to_xml(connections)
     };
     Ok(NetworkGetXmlDescRet { xml: xml.into() })
 }
 
-/// Running guests with a NIC on the network.
-fn connections(_v: &NetView) -> u32 {
-    0
+/// NICs of running guests on the network (libvirt's `connections`).
+fn connections(call: &Call, v: &NetView) -> u32 {
+    let bridge = v.current().bridge.clone();
+    call.svc
+        .index
+        .all()
+        .iter()
+        .filter(|d| d.is_active())
+        .filter_map(|d| DomainDef::parse(&d.xml).ok())
+        .map(|d| {
+            d.devices
+                .interfaces
+                .iter()
+                .filter(|n| match &n.kind {
+                    InterfaceKind::Network(name) => *name == v.name,
+                    InterfaceKind::Bridge(b) => {
+                        v.def.is_bridge_mode() && Some(b) == bridge.as_ref()
+                    }
+                    InterfaceKind::User => false,
+                })
+                .count() as u32
+        })
+        .sum()
 }
 
 async fn get_bridge_name(_: &Call, a: NetworkGetBridgeNameArgs) -> Result<NetworkGetBridgeNameRet> {
