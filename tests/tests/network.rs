@@ -15,10 +15,15 @@ struct NsDaemon {
     dir: tempfile::TempDir,
     holder: Child,
     child: Option<Child>,
+    env: Vec<(&'static str, String)>,
 }
 
 impl NsDaemon {
     fn start() -> NsDaemon {
+        Self::start_with_env(Vec::new())
+    }
+
+    fn start_with_env(env: Vec<(&'static str, String)>) -> NsDaemon {
         let dir = tempfile::Builder::new()
             .prefix("qdn")
             .tempdir_in("/tmp")
@@ -31,6 +36,7 @@ impl NsDaemon {
             dir,
             holder,
             child: None,
+            env,
         };
         let own = std::fs::read_link("/proc/self/ns/net").ok();
         wait_until(10, "namespace created", || {
@@ -58,6 +64,7 @@ impl NsDaemon {
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .env("RUST_LOG", "info,qemud_actors=debug")
+            .envs(self.env.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -669,4 +676,23 @@ fn two_guests_on_an_isolated_network_reach_each_other_not_the_outside() {
     // A network in use can be destroyed, as in libvirt.
     virsh(&uri, &["net-destroy", "iso"]).ok();
     assert!(!d.has_link("qdiso1"));
+}
+
+#[test]
+fn missing_dnsmasq_fails_the_start_and_leaves_nothing() {
+    let d = NsDaemon::start_with_env(vec![("QEMUD_DNSMASQ", "/nonexistent/dnsmasq".into())]);
+    let uri = d.uri();
+    let xml = write_xml(d.dir.path(), "natnet", NAT_NET);
+    virsh(&uri, &["net-define", xml.to_str().unwrap()]).ok();
+    let err = virsh(&uri, &["net-start", "natnet"]);
+    assert!(
+        err.fails().contains(
+            "Cannot check dnsmasq binary /nonexistent/dnsmasq: No such file or directory"
+        ),
+        "{}",
+        err.stderr
+    );
+    assert!(!d.has_link("qdbr7"));
+    assert!(!d.nft().contains("qemud_qdbr7"));
+    assert!(squash(virsh(&uri, &["net-list", "--all"]).ok()).contains("natnet inactive"));
 }

@@ -692,6 +692,10 @@ impl Registry {
             if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");
                 self.store.delete_live(&rec.uuid);
+                // Its taps outlived it.
+                if let Ok(def) = DomainDef::parse(&rec.xml) {
+                    actix::spawn(async move { crate::network::delete_taps(&def).await });
+                }
                 if let Some(e) = self.domains.get_mut(&rec.uuid) {
                     e.reason = reason::SHUTOFF_DAEMON;
                     self.publish(&rec.uuid);
