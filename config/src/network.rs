@@ -952,7 +952,7 @@ pub fn subnets_overlap(a: &IpDef, b: &IpDef) -> bool {
 /// bytes, IFNAMSIZ, for up to 100 NICs).
 pub fn tap_name(domain: &Uuid, index: usize) -> String {
     let hex = domain.simple().to_string();
-    format!("vnet{}n{index}", &hex[..7])
+    format!("vnet{}n{index}", &hex[..8])
 }
 
 /// The `default` network as distributions ship it.

@@ -278,12 +278,7 @@ impl NetworkRegistry {
                 .flat_map(others)
                 .collect();
             // A host link of that name is taken too.
-            for n in 0..256 {
-                let cand = format!("virbr{n}");
-                if super::sys::link_exists(&cand) {
-                    taken.push(cand);
-                }
-            }
+            taken.extend(super::sys::links().into_iter().map(|(name, _)| name));
             // Keep the MAC and bridge a redefinition left out.
             if let Some(old) = self.nets.get(&def.uuid) {
                 if def.bridge.is_none() {
@@ -381,7 +376,13 @@ impl NetworkRegistry {
     }
 
     /// Starts a network: checks, host side, dnsmasq, actor, event.
-    fn start(&mut self, uuid: Uuid) -> ResponseActFuture<Self, Result<Arc<NetView>>> {
+    /// `live_def`: the definition to run instead of the persistent one
+    /// (net-create of a defined, inactive network).
+    fn start(
+        &mut self,
+        uuid: Uuid,
+        live_def: Option<NetworkDef>,
+    ) -> ResponseActFuture<Self, Result<Arc<NetView>>> {
         let prep = (|| {
             let e = self.nets.get(&uuid).ok_or_else(|| {
                 Error::NoNetwork(format!("no network with matching uuid '{uuid}'"))
@@ -389,7 +390,7 @@ impl NetworkRegistry {
             if e.live.is_some() {
                 return Err(Error::OperationInvalid("network is already active".into()));
             }
-            let def = e.def.clone();
+            let def = live_def.unwrap_or_else(|| e.def.clone());
             // Two active networks on overlapping subnets would fight over
             // the route: libvirt's route-collision check.
             for other in self.nets.values() {
@@ -756,7 +757,7 @@ impl Actor for NetworkRegistry {
                         if act.nets.get(&uuid).is_some_and(|e| e.live.is_some()) {
                             continue;
                         }
-                        ctx.wait(act.start(uuid).map(move |res, act, _| {
+                        ctx.wait(act.start(uuid, None).map(move |res, act, _| {
                             if let Err(e) = res {
                                 let name = act.nets.get(&uuid).map(|e| e.def.name.clone());
                                 error!(network = ?name, "autostart failed: {e}");
@@ -785,7 +786,7 @@ impl Handler<NetOp> for NetworkRegistry {
                 xml,
                 flags,
             } => ready(self.update(uuid, command, section, parent_index, &xml, flags)),
-            NetOp::Start { uuid } => AtomicResponse::new(self.start(uuid)),
+            NetOp::Start { uuid } => AtomicResponse::new(self.start(uuid, None)),
             NetOp::Destroy { uuid } => AtomicResponse::new(self.destroy(uuid)),
             NetOp::Create { xml } => {
                 let def = match self.admit(&xml, true) {
@@ -794,7 +795,9 @@ impl Handler<NetOp> for NetworkRegistry {
                 };
                 let uuid = def.uuid;
                 let existed = self.nets.contains_key(&uuid);
-                if !existed {
+                let live_def = if existed {
+                    Some(def)
+                } else {
                     self.nets.insert(
                         uuid,
                         Entry {
@@ -804,14 +807,17 @@ impl Handler<NetOp> for NetworkRegistry {
                             live: None,
                         },
                     );
-                }
-                AtomicResponse::new(Box::pin(self.start(uuid).map(move |res, act, _| {
-                    if res.is_err() && !existed {
-                        act.nets.remove(&uuid);
-                        act.index.remove(&uuid);
-                    }
-                    res
-                })))
+                    None
+                };
+                AtomicResponse::new(Box::pin(self.start(uuid, live_def).map(
+                    move |res, act, _| {
+                        if res.is_err() && !existed {
+                            act.nets.remove(&uuid);
+                            act.index.remove(&uuid);
+                        }
+                        res
+                    },
+                )))
             }
         }
     }
