@@ -178,6 +178,7 @@ pub struct NetworkDef {
 
 /// `virNetworkUpdateSection` values qemud edits.
 pub const SECTION_IP_DHCP_HOST: u32 = 4;
+pub const SECTION_DNS_HOST: u32 = 10;
 /// `virNetworkUpdateCommand`.
 pub const UPDATE_MODIFY: u32 = 1;
 pub const UPDATE_DELETE: u32 = 2;
@@ -842,9 +843,33 @@ impl NetworkDef {
         x
     }
 
-    /// `net-update` of the DHCP hosts of the IPv4 (or the `parent_index`th)
-    /// `<ip>`: libvirt's rules for add, delete and modify.
-    pub fn update_dhcp_host(&mut self, command: u32, parent_index: i32, xml: &str) -> Result<()> {
+    /// `net-update` of one section: libvirt's rules for add, delete and
+    /// modify of DHCP hosts (of the `parent_index`th `<ip>`, or the first
+    /// with the host's address family) and DNS hosts.
+    pub fn update(
+        &mut self,
+        section: u32,
+        command: u32,
+        parent_index: i32,
+        xml: &str,
+    ) -> std::result::Result<(), UpdateError> {
+        match section {
+            SECTION_IP_DHCP_HOST => self.update_dhcp_host(command, parent_index, xml),
+            SECTION_DNS_HOST => self.update_dns_host(command, xml),
+            other => Err(UpdateError::Unsupported(format!(
+                "can't update '{}' section of network '{}'",
+                section_name(other),
+                self.name
+            ))),
+        }
+    }
+
+    fn update_dhcp_host(
+        &mut self,
+        command: u32,
+        parent_index: i32,
+        xml: &str,
+    ) -> std::result::Result<(), UpdateError> {
         let host = parse_dhcp_host(xml, &self.name)?;
         let name = self.name.clone();
         let family_v4 = host.ip.is_none_or(|i| i.is_ipv4());
@@ -854,39 +879,42 @@ impl NetworkDef {
             self.ips.iter_mut().find(|i| i.is_v4() == family_v4)
         }
         .ok_or_else(|| {
-            invalid(format!(
-                "can't update 'ip' section of network '{name}' - no matching IP address found"
+            UpdateError::Invalid(format!(
+                "couldn't update dhcp host entry - no <ip> element found in network '{name}'"
             ))
         })?;
-        if let Some(a) = host.ip {
-            if !ip.contains(a) {
-                return Err(invalid(format!(
-                    "static host IP address {a} of network '{name}' is not within the network's subnet"
-                )));
+        if command != UPDATE_DELETE {
+            if host.ip.is_some_and(|a| a.is_ipv4() != ip.is_v4()) {
+                return Err(UpdateError::Invalid(
+                    "the address family of a host entry IP must match the address family of the dhcp element's parent".into(),
+                ));
+            }
+            if let Some(a) = host.ip.filter(|a| !ip.contains(*a)) {
+                return Err(UpdateError::Xml(invalid(format!(
+                    "Invalid IP address in static host definition for network '{name}': {a} is not within {}",
+                    ip.subnet()
+                ))));
             }
         }
-        let same = |h: &DhcpHost| {
-            (host.mac.is_some() && h.mac == host.mac)
-                || (host.name.is_some() && h.name == host.name)
-                || (host.ip.is_some() && h.ip == host.ip)
-        };
-        let describe = |h: &DhcpHost| {
-            format!(
-                "{} {} {}",
-                h.mac.as_deref().unwrap_or("unknown"),
-                h.name.as_deref().unwrap_or(""),
+        let fields = |h: &DhcpHost| {
+            (
+                h.mac.clone().unwrap_or_else(|| "unknown".into()),
+                h.name.clone().unwrap_or_default(),
                 h.ip.map(|i| i.to_string())
-                    .unwrap_or_else(|| "unknown".into())
+                    .unwrap_or_else(|| "unknown".into()),
             )
         };
         match command {
             UPDATE_ADD_FIRST | UPDATE_ADD_LAST => {
-                if let Some(h) = ip.hosts.iter().find(|h| same(h)) {
-                    return Err(invalid(format!(
-                        "there is an existing dhcp host entry in network '{name}' that matches \"<host mac='{}' name='{}' ip='{}'/>\"",
-                        h.mac.as_deref().unwrap_or(""),
-                        h.name.as_deref().unwrap_or(""),
-                        h.ip.map(|i| i.to_string()).unwrap_or_default()
+                let clash = ip.hosts.iter().any(|h| {
+                    (host.mac.is_some() && h.mac == host.mac)
+                        || (host.name.is_some() && h.name == host.name)
+                        || (host.ip.is_some() && h.ip == host.ip)
+                });
+                if clash {
+                    let (m, n, a) = fields(&host);
+                    return Err(UpdateError::Invalid(format!(
+                        "there is an existing dhcp host entry in network '{name}' that matches \"<host mac='{m}' name='{n}' ip='{a}'/>\""
                     )));
                 }
                 if command == UPDATE_ADD_FIRST {
@@ -896,44 +924,157 @@ impl NetworkDef {
                 }
             }
             UPDATE_DELETE => {
-                let pos = ip
-                    .hosts
-                    .iter()
-                    .position(|h| h.mac == host.mac && h.name == host.name && h.ip == host.ip);
-                match pos {
-                    Some(p) => {
-                        ip.hosts.remove(p);
-                    }
-                    None => {
-                        return Err(invalid(format!(
-                            "couldn't locate a matching dhcp host entry in network '{name}' ({})",
-                            describe(&host)
-                        )))
-                    }
-                }
+                // Every attribute given must match; the others are wildcards.
+                let pos = ip.hosts.iter().position(|h| {
+                    (host.mac.is_none() || h.mac.is_none() || h.mac == host.mac)
+                        && (host.name.is_none() || h.name == host.name)
+                        && (host.ip.is_none() || h.ip == host.ip)
+                });
+                let p = pos.ok_or_else(|| {
+                    UpdateError::Invalid(format!(
+                        "couldn't locate a matching dhcp host entry in network '{name}'"
+                    ))
+                })?;
+                ip.hosts.remove(p);
             }
             UPDATE_MODIFY => {
                 let pos = ip.hosts.iter().position(|h| {
                     (host.mac.is_some() && h.mac == host.mac)
-                        || (host.mac.is_none() && h.name == host.name)
+                        || (host.ip.is_some() && h.ip == host.ip)
+                        || (host.name.is_some() && h.name == host.name)
                 });
                 match pos {
                     Some(p) => ip.hosts[p] = host,
                     None => {
-                        return Err(invalid(format!(
-                            "couldn't locate an existing dhcp host entry with \"mac='{}'\" in network '{name}'",
-                            host.mac.as_deref().unwrap_or("")
-                        )))
+                        let (m, n, a) = fields(&host);
+                        return Err(UpdateError::Invalid(format!(
+                            "couldn't locate an existing dhcp host entry with \"mac='{m}'\" \"name='{n}'\" \"ip='{a}'\" in network '{name}'"
+                        )));
                     }
                 }
             }
-            other => {
-                return Err(invalid(format!(
-                    "unrecognized network update command code {other}"
-                )))
+            other => return Err(unknown_command(other)),
+        }
+        Ok(())
+    }
+
+    fn update_dns_host(&mut self, command: u32, xml: &str) -> std::result::Result<(), UpdateError> {
+        let name = self.name.clone();
+        if command == UPDATE_MODIFY {
+            return Err(UpdateError::Unsupported(
+                "DNS HOST records cannot be modified, only added or deleted".into(),
+            ));
+        }
+        let is_add = matches!(command, UPDATE_ADD_FIRST | UPDATE_ADD_LAST);
+        if !is_add && command != UPDATE_DELETE {
+            return Err(unknown_command(command));
+        }
+        let doc =
+            roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::Xml(e.to_string()))?;
+        let el = doc.root_element();
+        if el.tag_name().name() != "host" {
+            return Err(UpdateError::Xml(invalid(format!(
+                "unexpected element <{}>, expecting <host>, while updating network '{name}'",
+                el.tag_name().name()
+            ))));
+        }
+        let ip = el
+            .attribute("ip")
+            .map(|a| parse_ip(a, "IP address in DNS HOST record"))
+            .transpose()?;
+        let hostnames: Vec<String> = children(el, "hostname")
+            .filter_map(|n| n.text())
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if is_add && (ip.is_none() || hostnames.is_empty()) {
+            return Err(UpdateError::Xml(invalid(format!(
+                "Missing ip and hostname in network '{name}' DNS HOST record"
+            ))));
+        }
+        let matches: Vec<usize> = self
+            .dns
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| {
+                Some(h.ip) == ip || (!is_add && hostnames.iter().any(|n| h.hostnames.contains(n)))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if is_add {
+            if !matches.is_empty() {
+                return Err(UpdateError::Invalid(format!(
+                    "there is already at least one DNS HOST record with a matching field in network {name}"
+                )));
+            }
+            let host = DnsHost {
+                ip: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                hostnames,
+            };
+            if command == UPDATE_ADD_FIRST {
+                self.dns.hosts.insert(0, host);
+            } else {
+                self.dns.hosts.push(host);
+            }
+        } else {
+            match matches.as_slice() {
+                [] => {
+                    return Err(UpdateError::Invalid(format!(
+                        "couldn't locate a matching DNS HOST record in network {name}"
+                    )))
+                }
+                [one] => {
+                    self.dns.hosts.remove(*one);
+                }
+                _ => {
+                    return Err(UpdateError::Invalid(format!(
+                        "multiple matching DNS HOST records were found in network {name}"
+                    )))
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Why a `net-update` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// Malformed or invalid XML (libvirt: VIR_ERR_XML_ERROR).
+    #[error("{0}")]
+    Xml(#[from] DomainXmlError),
+    /// The change does not fit the definition (VIR_ERR_OPERATION_INVALID).
+    #[error("{0}")]
+    Invalid(String),
+    /// A section or command qemud or libvirt cannot update
+    /// (VIR_ERR_OPERATION_UNSUPPORTED).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn unknown_command(command: u32) -> UpdateError {
+    UpdateError::Unsupported(format!(
+        "unrecognized network update command code {command}"
+    ))
+}
+
+/// `virNetworkUpdateSection` names, as libvirt words its errors.
+fn section_name(section: u32) -> &'static str {
+    match section {
+        1 => "bridge",
+        2 => "domain",
+        3 => "ip",
+        4 => "ip-dhcp-host",
+        5 => "ip-dhcp-range",
+        6 => "forward",
+        7 => "forward-interface",
+        8 => "forward-pf",
+        9 => "portgroup",
+        10 => "dns-host",
+        11 => "dns-txt",
+        12 => "dns-srv",
+        _ => "unknown",
     }
 }
 
@@ -1098,13 +1239,41 @@ mod tests {
     fn dhcp_host_updates() {
         let mut d = NetworkDef::parse(NAT).unwrap();
         let h = "<host mac='52:54:00:00:00:10' name='web' ip='10.77.0.10'/>";
-        d.update_dhcp_host(UPDATE_ADD_LAST, -1, h).unwrap();
+        let dhcp = SECTION_IP_DHCP_HOST;
+        d.update(dhcp, UPDATE_ADD_LAST, -1, h).unwrap();
         assert_eq!(d.ips[0].hosts.len(), 2);
-        assert!(d.update_dhcp_host(UPDATE_ADD_LAST, -1, h).is_err());
+        assert!(matches!(
+            d.update(dhcp, UPDATE_ADD_LAST, -1, h),
+            Err(UpdateError::Invalid(_))
+        ));
         let outside = "<host mac='52:54:00:00:00:11' ip='10.78.0.10'/>";
-        assert!(d.update_dhcp_host(UPDATE_ADD_LAST, -1, outside).is_err());
-        d.update_dhcp_host(UPDATE_DELETE, -1, h).unwrap();
+        assert!(d.update(dhcp, UPDATE_ADD_LAST, -1, outside).is_err());
+        // Delete by MAC alone: the other attributes are wildcards.
+        d.update(dhcp, UPDATE_DELETE, -1, "<host mac='52:54:00:00:00:10'/>")
+            .unwrap();
         assert_eq!(d.ips[0].hosts.len(), 1);
-        assert!(d.update_dhcp_host(UPDATE_DELETE, -1, h).is_err());
+        assert!(d.update(dhcp, UPDATE_DELETE, -1, h).is_err());
+
+        let dns = SECTION_DNS_HOST;
+        let host = "<host ip='10.77.0.20'><hostname>web</hostname></host>";
+        d.update(dns, UPDATE_ADD_LAST, -1, host).unwrap();
+        assert_eq!(d.dns.hosts.len(), 2);
+        assert!(d.update(dns, UPDATE_ADD_LAST, -1, host).is_err());
+        assert!(matches!(
+            d.update(dns, UPDATE_MODIFY, -1, host),
+            Err(UpdateError::Unsupported(_))
+        ));
+        d.update(
+            dns,
+            UPDATE_DELETE,
+            -1,
+            "<host><hostname>web</hostname></host>",
+        )
+        .unwrap();
+        assert_eq!(d.dns.hosts.len(), 1);
+        assert!(matches!(
+            d.update(5, UPDATE_ADD_LAST, -1, "<range/>"),
+            Err(UpdateError::Unsupported(_))
+        ));
     }
 }

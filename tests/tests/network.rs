@@ -337,6 +337,40 @@ fn nat_network_lifecycle_with_virsh() {
         "{}",
         again.stderr
     );
+    // A DNS host, live: dnsmasq's extra hosts file follows.
+    virsh(
+        &uri,
+        &[
+            "net-update",
+            "natnet",
+            "add",
+            "dns-host",
+            "<host ip='10.77.0.43'><hostname>db</hostname></host>",
+            "--live",
+        ],
+    )
+    .ok();
+    let addn = std::fs::read_to_string(dir.join("run/networks/natnet.addnhosts")).unwrap();
+    assert_eq!(addn, "10.77.0.43\tdb\n");
+    assert!(virsh(&uri, &["net-dumpxml", "natnet"])
+        .ok()
+        .contains("<hostname>db</hostname>"));
+    // Deleting by MAC alone.
+    virsh(
+        &uri,
+        &[
+            "net-update",
+            "natnet",
+            "delete",
+            "ip-dhcp-host",
+            "<host mac='52:54:00:00:00:42'/>",
+            "--config",
+        ],
+    )
+    .ok();
+    assert!(!virsh(&uri, &["net-dumpxml", "--inactive", "natnet"])
+        .ok()
+        .contains("52:54:00:00:00:42"));
 
     // Bad input: an overlapping subnet, a bridge in use, a range outside.
     let overlap = write_xml(

@@ -137,14 +137,17 @@ pub fn addn_hosts(def: &NetworkDef) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub expiry: i64,
-    pub mac: String,
+    /// None for DHCPv6, whose leases carry an IAID instead.
+    pub mac: Option<String>,
+    pub iaid: Option<String>,
     pub ip: IpAddr,
     pub hostname: Option<String>,
     pub client_id: Option<String>,
 }
 
 /// Reads dnsmasq's lease file: `expiry mac ip hostname client-id` per
-/// line ("*" for unknown); the `duid` line of DHCPv6 is skipped.
+/// line ("*" for unknown); DHCPv6 leases have the IAID where the MAC is
+/// and the DUID as client id; the server's own `duid` line is skipped.
 pub fn parse_leases(text: &str) -> Vec<Lease> {
     text.lines()
         .filter_map(|l| {
@@ -153,10 +156,17 @@ pub fn parse_leases(text: &str) -> Vec<Lease> {
                 return None;
             }
             let some = |s: &str| (s != "*").then(|| s.to_owned());
+            let ip: IpAddr = f[2].parse().ok()?;
+            let (mac, iaid) = if ip.is_ipv4() {
+                (Some(f[1].to_ascii_lowercase()), None)
+            } else {
+                (None, Some(f[1].to_owned()))
+            };
             Some(Lease {
                 expiry: f[0].parse().ok()?,
-                mac: f[1].to_ascii_lowercase(),
-                ip: f[2].parse().ok()?,
+                mac,
+                iaid,
+                ip,
                 hostname: some(f[3]),
                 client_id: f.get(4).and_then(|s| some(s)),
             })
@@ -200,5 +210,8 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].hostname.as_deref(), Some("guest"));
         assert_eq!(l[1].hostname, None);
+        let v6 = parse_leases("1700000002 1234 fd00::12 g6 00:01:00:01:aa\n");
+        assert_eq!(v6[0].mac, None);
+        assert_eq!(v6[0].iaid.as_deref(), Some("1234"));
     }
 }

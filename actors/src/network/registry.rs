@@ -63,6 +63,14 @@ fn xml_error(e: DomainXmlError) -> Error {
     }
 }
 
+fn update_error(e: model::UpdateError) -> Error {
+    match e {
+        model::UpdateError::Xml(x) => xml_error(x),
+        model::UpdateError::Invalid(m) => Error::OperationInvalid(m),
+        model::UpdateError::Unsupported(m) => Error::OperationUnsupported(m),
+    }
+}
+
 /// Every change to networks, sent by connections.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Arc<NetView>>")]
@@ -521,11 +529,6 @@ impl NetworkRegistry {
                 function: "networkUpdate",
             });
         }
-        if section != model::SECTION_IP_DHCP_HOST {
-            return Err(Error::NoSupport(format!(
-                "can't update section {section} of a network: only ip-dhcp-host is supported"
-            )));
-        }
         let e = self
             .nets
             .get_mut(&uuid)
@@ -548,8 +551,8 @@ impl NetworkRegistry {
         // Apply to copies first: nothing changes unless all of it works.
         let new_config = if flags & UPDATE_AFFECT_CONFIG != 0 {
             let mut d = e.def.clone();
-            d.update_dhcp_host(command, parent_index, xml)
-                .map_err(xml_error)?;
+            d.update(section, command, parent_index, xml)
+                .map_err(update_error)?;
             Some(d)
         } else {
             None
@@ -560,8 +563,8 @@ impl NetworkRegistry {
                 .as_ref()
                 .ok_or_else(|| Error::OperationInvalid("network is not running".into()))?;
             let mut d = ld.clone();
-            d.update_dhcp_host(command, parent_index, xml)
-                .map_err(xml_error)?;
+            d.update(section, command, parent_index, xml)
+                .map_err(update_error)?;
             Some(d)
         } else {
             None
