@@ -434,6 +434,37 @@ fn nat_network_lifecycle_with_virsh() {
     let list = squash(virsh(&uri, &["net-list", "--all"]).ok());
     assert!(!list.contains("natnet"), "{list}");
 
+    // A transient network through python3-libvirt.
+    let script = r#"
+import libvirt, os
+c = libvirt.open(os.environ['QEMUD_URI'])
+n = c.networkCreateXML("<network><name>tr</name><bridge name='qdtr'/><ip address='10.67.0.1' prefix='24'><dhcp><range start='10.67.0.2' end='10.67.0.9'/></dhcp></ip></network>")
+assert n.isActive() == 1 and n.isPersistent() == 0
+assert n.bridgeName() == 'qdtr'
+assert c.networkLookupByUUIDString(n.UUIDString()).name() == 'tr'
+names = [x.name() for x in c.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_TRANSIENT)]
+assert names == ['tr'], names
+assert 'tr' not in [x.name() for x in c.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT)]
+assert 'tr' in c.listNetworks() and 'default' in c.listDefinedNetworks()
+assert n.DHCPLeases() == []
+try:
+    n.setAutostart(1)
+    raise SystemExit('autostart of a transient network accepted')
+except libvirt.libvirtError as e:
+    assert e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID, e
+n.destroy()
+try:
+    c.networkLookupByName('tr')
+    raise SystemExit('transient network still there')
+except libvirt.libvirtError as e:
+    assert e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK, e
+print('ok')
+"#;
+    assert_eq!(python(&uri, script).ok().trim(), "ok");
+    events.expect("NETEVENT tr STARTED", 10);
+    events.expect("NETEVENT tr STOPPED", 10);
+    assert!(!d.has_link("qdtr"));
+
     // The same through qemuctl, with an isolated network.
     let iso = write_xml(
         &dir,
