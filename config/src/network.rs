@@ -1096,6 +1096,19 @@ pub fn tap_name(domain: &Uuid, index: usize) -> String {
     format!("vnet{}n{index}", &hex[..8])
 }
 
+/// The tap device of a NIC, if it has one: an ethernet NIC's own target,
+/// else the daemon's name for it.
+pub fn nic_tap(domain: &Uuid, index: usize, kind: &crate::domain::InterfaceKind) -> Option<String> {
+    use crate::domain::InterfaceKind;
+    match kind {
+        InterfaceKind::User => None,
+        InterfaceKind::Ethernet {
+            target: Some(t), ..
+        } => Some(t.clone()),
+        _ => Some(tap_name(domain, index)),
+    }
+}
+
 /// The `default` network as distributions ship it.
 pub fn default_network_xml() -> String {
     format!(

@@ -516,6 +516,7 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
         "<interface type='network'><source network='natnet'/><mac address='52:54:00:12:34:56'/>\
          <model type='e1000'/></interface>\n\
          <interface type='bridge'><source bridge='qdtest'/><model type='e1000'/></interface>\n\
+         <interface type='ethernet'><target dev='qdeth0'/><model type='e1000'/></interface>\n\
          <memballoon model='none'/>",
     );
     let path = write_xml(&dir, "netguest", &xml);
@@ -629,8 +630,15 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
             .contains(&tap)
     });
 
+    // The ethernet NIC's tap is on no bridge.
+    assert!(d.has_link("qdeth0"));
+    assert!(!d
+        .ns(&["ip", "-o", "link", "show", "dev", "qdeth0"])
+        .contains("master"));
+
     virsh(&uri, &["destroy", "netguest"]).ok();
     wait_until(20, "tap removed", || !d.has_link(&tap));
+    wait_until(20, "ethernet tap removed", || !d.has_link("qdeth0"));
 
     // Stopping the daemon takes its networks down.
     d.terminate();

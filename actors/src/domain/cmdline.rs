@@ -339,15 +339,18 @@ fn interfaces(def: &DomainDef, a: &mut Vec<String>) -> Result<(), CmdlineError> 
     for (i, nic) in def.devices.interfaces.iter().enumerate() {
         match &nic.kind {
             InterfaceKind::User => push(a, "-netdev", format!("user,id=hostnet{i}")),
-            // The daemon created and plugged the tap before starting QEMU.
-            InterfaceKind::Network(_) | InterfaceKind::Bridge(_) => push(
-                a,
-                "-netdev",
-                format!(
-                    "tap,id=hostnet{i},ifname={},script=no,downscript=no",
-                    crate::network::tap_name(&def.uuid, i)
-                ),
-            ),
+            // The daemon created (and plugged) the tap before starting QEMU.
+            kind => {
+                let tap = crate::network::nic_tap(&def.uuid, i, kind).unwrap_or_default();
+                push(
+                    a,
+                    "-netdev",
+                    format!(
+                        "tap,id=hostnet{i},ifname={},script=no,downscript=no",
+                        esc(&tap)
+                    ),
+                )
+            }
         }
         let model = match nic.model.as_str() {
             "virtio" => "virtio-net-pci",
@@ -728,7 +731,8 @@ mod tests {
     fn network_and_bridge_nics_use_the_daemons_taps() {
         let d = def(
             "<interface type='network'><source network='default'/><mac address='52:54:00:00:00:07'/></interface>\
-             <interface type='bridge'><source bridge='br0'/><model type='e1000'/></interface>",
+             <interface type='bridge'><source bridge='br0'/><model type='e1000'/></interface>\
+             <interface type='ethernet'><target dev='mytap0'/></interface>",
             "pc",
         );
         let argv = build(&d, Accel::Tcg);
@@ -750,6 +754,11 @@ mod tests {
             &argv,
             "-netdev",
             &format!("tap,id=hostnet1,ifname={tap1},script=no,downscript=no")
+        ));
+        assert!(has_pair(
+            &argv,
+            "-netdev",
+            "tap,id=hostnet2,ifname=mytap0,script=no,downscript=no"
         ));
     }
 

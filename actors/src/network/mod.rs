@@ -21,13 +21,14 @@ pub fn procedures() -> Vec<Procedure> {
     procedures::procedures()
 }
 
-pub use qemud_config::network::tap_name;
+pub use qemud_config::network::{nic_tap, tap_name};
 
-/// A tap to create for a NIC: its name, the bridge it joins, its MTU.
+/// A tap to create for a NIC: its name, the bridge it joins (none for an
+/// ethernet NIC), its MTU.
 #[derive(Debug, Clone)]
 pub struct TapPlan {
     pub tap: String,
-    pub bridge: String,
+    pub bridge: Option<String>,
     pub mtu: Option<u32>,
 }
 
@@ -56,11 +57,29 @@ pub fn plan_taps(def: &DomainDef) -> Result<Vec<TapPlan>> {
                 }
                 b.clone()
             }
+            InterfaceKind::Ethernet { target, managed } => {
+                if !managed {
+                    // Someone else's tap: it must be there, and stays theirs.
+                    let t = target.as_deref().unwrap_or_default();
+                    if !sys::link_exists(t) {
+                        return Err(Error::System(format!(
+                            "Unable to get index for interface {t}: No such device"
+                        )));
+                    }
+                    continue;
+                }
+                plans.push(TapPlan {
+                    tap: nic_tap(&def.uuid, i, &nic.kind).unwrap_or_default(),
+                    mtu: None,
+                    bridge: None,
+                });
+                continue;
+            }
         };
         plans.push(TapPlan {
             tap: tap_name(&def.uuid, i),
             mtu: None,
-            bridge,
+            bridge: Some(bridge),
         });
     }
     Ok(plans)
@@ -69,11 +88,12 @@ pub fn plan_taps(def: &DomainDef) -> Result<Vec<TapPlan>> {
 /// Creates every planned tap; on failure none is left.
 pub async fn create_taps(plans: &[TapPlan]) -> Result<()> {
     for (n, p) in plans.iter().enumerate() {
-        let mtu = match p.mtu {
-            Some(m) => Some(m),
-            None => sys::link_mtu(&p.bridge).await,
+        let mtu = match (p.mtu, &p.bridge) {
+            (Some(m), _) => Some(m),
+            (None, Some(b)) => sys::link_mtu(b).await,
+            (None, None) => None,
         };
-        if let Err(e) = sys::create_tap(&p.tap, &p.bridge, mtu).await {
+        if let Err(e) = sys::create_tap(&p.tap, p.bridge.as_deref(), mtu).await {
             for q in &plans[..n] {
                 sys::delete_link(&q.tap).await;
             }
@@ -86,8 +106,13 @@ pub async fn create_taps(plans: &[TapPlan]) -> Result<()> {
 /// Removes the taps of a domain that stopped.
 pub async fn delete_taps(def: &DomainDef) {
     for (i, nic) in def.devices.interfaces.iter().enumerate() {
-        if !matches!(nic.kind, InterfaceKind::User) {
-            sys::delete_link(&tap_name(&def.uuid, i)).await;
+        let ours = match &nic.kind {
+            InterfaceKind::User => false,
+            InterfaceKind::Ethernet { managed, .. } => *managed,
+            _ => true,
+        };
+        if let Some(tap) = nic_tap(&def.uuid, i, &nic.kind).filter(|_| ours) {
+            sys::delete_link(&tap).await;
         }
     }
 }

@@ -259,7 +259,7 @@ fn connections(call: &Call, v: &NetView) -> u32 {
                     InterfaceKind::Bridge(b) => {
                         v.def.is_bridge_mode() && Some(b) == bridge.as_ref()
                     }
-                    InterfaceKind::User => false,
+                    InterfaceKind::User | InterfaceKind::Ethernet { .. } => false,
                 })
                 .count() as u32
         })
@@ -444,8 +444,7 @@ async fn domain_interface_stats(
         .interfaces
         .iter()
         .enumerate()
-        .filter(|(_, n)| !matches!(n.kind, InterfaceKind::User))
-        .map(|(i, n)| (super::tap_name(&def.uuid, i), n))
+        .filter_map(|(i, n)| Some((super::nic_tap(&def.uuid, i, &n.kind)?, n)))
         .find(|(tap, n)| tap == device || n.mac.eq_ignore_ascii_case(device))
         .map(|(tap, _)| tap)
         .ok_or_else(|| {

@@ -93,8 +93,9 @@ pub async fn link_mtu(name: &str) -> Option<u32> {
     words.next()?.parse().ok()
 }
 
-/// Creates a persistent tap device, attaches it to `bridge` and brings it up.
-pub async fn create_tap(tap: &str, bridge: &str, mtu: Option<u32>) -> Result<()> {
+/// Creates a persistent tap device, attaches it to `bridge` (if any) and
+/// brings it up.
+pub async fn create_tap(tap: &str, bridge: Option<&str>, mtu: Option<u32>) -> Result<()> {
     if link_exists(tap) {
         // Left over from a previous run of the same domain.
         let _ = ip(&["link", "del", tap]).await;
@@ -104,7 +105,9 @@ pub async fn create_tap(tap: &str, bridge: &str, mtu: Option<u32>) -> Result<()>
         if let Some(m) = mtu {
             ip(&["link", "set", "dev", tap, "mtu", &m.to_string()]).await?;
         }
-        ip(&["link", "set", "dev", tap, "master", bridge]).await?;
+        if let Some(bridge) = bridge {
+            ip(&["link", "set", "dev", tap, "master", bridge]).await?;
+        }
         ip(&["link", "set", "dev", tap, "up"]).await?;
         Ok::<(), Error>(())
     };
