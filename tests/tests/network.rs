@@ -243,7 +243,7 @@ while True:
 
 #[test]
 fn nat_network_lifecycle_with_virsh() {
-    let d = NsDaemon::start();
+    let mut d = NsDaemon::start();
     let uri = d.uri();
     let dir = d.dir.path().to_path_buf();
 
@@ -421,6 +421,21 @@ fn nat_network_lifecycle_with_virsh() {
         d.dnsmasq_pid("natnet").is_some_and(|p| p != first)
     });
     assert!(d.log().contains("dnsmasq exited; restarting"));
+
+    // A daemon stop takes the network down; the next start autostarts it.
+    drop(events);
+    d.terminate();
+    assert!(!d.has_link("qdbr7"));
+    d.spawn();
+    assert!(d.has_link("qdbr7"));
+    assert!(d.dnsmasq_pid("natnet").is_some());
+    let mut events = Watcher::spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(EVENTS_SCRIPT)
+            .env("QEMUD_URI", &uri),
+    );
+    events.expect("REGISTERED", 30);
 
     virsh(&uri, &["net-destroy", "natnet"]).ok();
     events.expect("NETEVENT natnet STOPPED", 10);
