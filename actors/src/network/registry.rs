@@ -338,7 +338,9 @@ impl NetworkRegistry {
             .get_mut(uuid)
             .ok_or_else(|| Error::NoNetwork(format!("no network with matching uuid '{uuid}'")))?;
         if !e.persistent {
-            return Err(Error::OperationInvalid("network is not persistent".into()));
+            return Err(Error::OperationInvalid(
+                "can't undefine transient network".into(),
+            ));
         }
         let def = e.def.clone();
         let path = self.config_dir.join(format!("{}.xml", def.name));
@@ -544,9 +546,10 @@ impl NetworkRegistry {
         if flags & UPDATE_AFFECT_LIVE != 0 && e.live.is_none() {
             return Err(Error::OperationInvalid("network is not running".into()));
         }
-        if flags & UPDATE_AFFECT_CONFIG != 0 && !e.persistent && e.live.is_some() {
-            // Transient: the one definition is the live one.
-            flags = UPDATE_AFFECT_LIVE;
+        if flags & UPDATE_AFFECT_CONFIG != 0 && !e.persistent {
+            return Err(Error::OperationInvalid(
+                "cannot change persistent config of a transient network".into(),
+            ));
         }
         // Apply to copies first: nothing changes unless all of it works.
         let new_config = if flags & UPDATE_AFFECT_CONFIG != 0 {
