@@ -655,6 +655,17 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
     wait_until(20, "tap removed", || !d.has_link(&tap));
     wait_until(20, "ethernet tap removed", || !d.has_link("qdeth0"));
 
+    // An ethernet NIC never takes over a link that is not a tap.
+    let clash = tiny_xml("clash").replace(
+        "<devices>",
+        "<devices><interface type='ethernet'><target dev='qdtest'/></interface>",
+    );
+    let clash = write_xml(&dir, "clash", &clash);
+    virsh(&uri, &["define", clash.to_str().unwrap()]).ok();
+    let err = virsh(&uri, &["start", "clash"]);
+    assert!(err.fails().contains("is not a tap"), "{}", err.stderr);
+    assert!(d.has_link("qdtest"));
+
     // Stopping the daemon takes its networks down.
     d.terminate();
     wait_until(10, "dnsmasq gone with the daemon", || {

@@ -97,8 +97,15 @@ pub async fn link_mtu(name: &str) -> Option<u32> {
 /// brings it up.
 pub async fn create_tap(tap: &str, bridge: Option<&str>, mtu: Option<u32>) -> Result<()> {
     if link_exists(tap) {
-        // Left over from a previous run of the same domain.
-        let _ = ip(&["link", "del", tap]).await;
+        // A tap left over from a previous run of the same domain is
+        // replaced; any other kind of link of that name is not ours.
+        let details = ip(&["-d", "-o", "link", "show", "dev", tap]).await?;
+        if !details.contains(" tun type tap ") {
+            return Err(Error::System(format!(
+                "Unable to create tap device {tap}: a link of that name exists and is not a tap"
+            )));
+        }
+        ip(&["link", "del", tap]).await?;
     }
     ip(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]).await?;
     let attach = async {
