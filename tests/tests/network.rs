@@ -665,6 +665,22 @@ fn guest_on_a_nat_network_gets_a_lease_and_pings_the_gateway() {
     let err = virsh(&uri, &["start", "clash"]);
     assert!(err.fails().contains("is not a tap"), "{}", err.stderr);
     assert!(d.has_link("qdtest"));
+    // Nor does a network take over (or remove) a bridge it did not create.
+    let taken = write_xml(
+        &dir,
+        "taken",
+        "<network><name>taken</name><bridge name='qdtest'/><ip address='10.98.0.1' prefix='24'/></network>",
+    );
+    virsh(&uri, &["net-define", taken.to_str().unwrap()]).ok();
+    let err = virsh(&uri, &["net-start", "taken"]);
+    assert!(
+        err.fails().contains("bridge name 'qdtest' already in use."),
+        "{}",
+        err.stderr
+    );
+    assert!(d
+        .ns(&["ip", "-o", "addr", "show", "dev", "qdtest"])
+        .contains("10.99.0.1/24"));
 
     // Stopping the daemon takes its networks down.
     d.terminate();

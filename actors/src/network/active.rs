@@ -55,14 +55,8 @@ pub async fn bring_up(def: &NetworkDef, files: &Files) -> Result<()> {
         }
         return Ok(());
     }
-    let res = create(def, files).await;
-    if res.is_err() {
-        tear_down(def, files).await;
-    }
-    res
-}
-
-async fn create(def: &NetworkDef, files: &Files) -> Result<()> {
+    // Checked before anything is created: a link of that name is someone
+    // else's and must survive the failure.
     let br = def
         .bridge
         .as_deref()
@@ -72,6 +66,15 @@ async fn create(def: &NetworkDef, files: &Files) -> Result<()> {
             "bridge name '{br}' already in use."
         )));
     }
+    check_dnsmasq(def)?;
+    let res = create(def, br, files).await;
+    if res.is_err() {
+        tear_down(def, files).await;
+    }
+    res
+}
+
+fn check_dnsmasq(def: &NetworkDef) -> Result<()> {
     if dnsmasq::needed(def) {
         // Before touching the host: a missing dnsmasq leaves nothing behind.
         let prog = dnsmasq_program();
@@ -87,6 +90,10 @@ async fn create(def: &NetworkDef, files: &Files) -> Result<()> {
             )));
         }
     }
+    Ok(())
+}
+
+async fn create(def: &NetworkDef, br: &str, files: &Files) -> Result<()> {
     let delay_cs = (def.delay * 100).to_string();
     ip(&[
         "link",
