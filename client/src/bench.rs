@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Domain type of the bench domains: kvm or qemu (default: kvm when /dev/kvm is usable).
     #[arg(long)]
     pub domain_type: Option<String>,
+    /// Start/destroy cycles of a NAT network (bridge, firewall, dnsmasq);
+    /// 0 skips. It creates links on the daemon's host: run the daemon in
+    /// a network namespace of its own.
+    #[arg(long, default_value_t = 0)]
+    pub networks: usize,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -324,6 +329,28 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         ));
         rows.push(row("destroy", destroy, None));
         rows.push(row("undefine", undef, None));
+    }
+    // Virtual network start/destroy (opt-in: it changes host networking).
+    if a.networks > 0 {
+        let name = format!("{prefix}net");
+        if let Ok(n) = c.network_lookup(&name).await {
+            let _ = c.network_destroy(&n).await;
+            let _ = c.network_undefine(&n).await;
+        }
+        let xml = format!(
+            "<network><name>{name}</name><forward mode='nat'/><bridge name='qdbenchbr0'/>\
+             <ip address='10.253.0.1' prefix='24'><dhcp>\
+             <range start='10.253.0.2' end='10.253.0.254'/></dhcp></ip></network>"
+        );
+        let n = c.network_define(&xml).await?;
+        let (mut start, mut destroy) = (vec![], vec![]);
+        for _ in 0..a.networks {
+            start.push(timed(c.network_start(&n)).await?.0);
+            destroy.push(timed(c.network_destroy(&n)).await?.0);
+        }
+        c.network_undefine(&n).await?;
+        rows.push(row("network start (NAT, dnsmasq)", start, None));
+        rows.push(row("network destroy", destroy, None));
     }
     c.undefine(&probe).await?;
     Ok(rows)

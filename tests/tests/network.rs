@@ -811,3 +811,43 @@ fn missing_dnsmasq_fails_the_start_and_leaves_nothing() {
     assert!(!d.nft().contains("qemud_qdbr7"));
     assert!(squash(virsh(&uri, &["net-list", "--all"]).ok()).contains("natnet inactive"));
 }
+
+#[test]
+fn bench_network_phase() {
+    let d = NsDaemon::start();
+    let out = qemuctl(
+        &d.uri(),
+        &[
+            "--json",
+            "bench",
+            "--calls",
+            "20",
+            "--connections",
+            "1",
+            "--connects",
+            "1",
+            "--domains",
+            "1",
+            "--lifecycles",
+            "0",
+            "--subscribers",
+            "1",
+            "--events",
+            "1",
+            "--networks",
+            "3",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.ok()).expect("bench json");
+    let start = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["phase"] == "network start (NAT, dnsmasq)")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(start["count"], 3);
+    assert!(!d.has_link("qdbenchbr0"));
+    assert!(!qemuctl(&d.uri(), &["net-list", "--all"])
+        .ok()
+        .contains("net"));
+}
