@@ -2,7 +2,8 @@
 # Installs what qemud and its test suite need on Debian: QEMU, the libvirt
 # clients the tests drive (virsh, python3-libvirt), what the test guest is
 # built from (a Debian kernel, busybox, cpio), and openssl/sshd/netcat for
-# the TLS and SSH transport tests. Idempotent.
+# the TLS and SSH transport tests, iproute2 for tests in network namespaces
+# and pci.ids for node device names. Idempotent.
 set -euo pipefail
 
 SUDO=""
@@ -27,9 +28,26 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     openssh-server \
     openssh-client \
     netcat-openbsd \
+    iproute2 \
+    pci.ids \
     dnsmasq-base \
     nftables \
-    iproute2 \
+    >/dev/null
+
+# Debian's other libvirt clients the compatibility tests drive: virt-install
+# and Perl Sys::Virt (libvirt0, pulled in by both, brings the CPU model map
+# qemud reads; ovmf brings the firmware descriptors it reports).
+$SUDO apt-get install -y -qq --no-install-recommends \
+    virtinst \
+    libsys-virt-perl \
+    ovmf \
+    >/dev/null
+
+# The containerised integration test (docker/test.sh) and the Debian package.
+$SUDO apt-get install -y -qq --no-install-recommends \
+    docker.io \
+    docker-compose \
+    debootstrap \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

@@ -11,3 +11,6 @@ cargo build --workspace --bins
 # Each test binary starts its own daemons and VMs; two at a time keeps a
 # 2-core machine from starving TCG guests.
 cargo test --workspace -- --test-threads=2
+# The containerised integration test and the Debian package (skips itself,
+# with a line saying why, where no Docker engine can run).
+bash docker/test.sh

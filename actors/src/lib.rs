@@ -37,6 +37,8 @@ pub struct Services {
     pub index: Arc<domain::index::DomainIndex>,
     pub registry: Addr<domain::registry::Registry>,
     pub events: Addr<events::EventBus>,
+    pub secrets: Addr<secret::driver::SecretDriver>,
+    pub nodedevs: nodedev::NodeDevices,
     /// The network driver's registry (definitions and active networks).
     pub networks: Addr<network::registry::NetworkRegistry>,
     /// The driver URI clients get from `virConnectGetURI`.

@@ -481,19 +481,6 @@ impl Client {
 
 /// Virtual networks.
 impl Client {
-    pub async fn list_all_networks(&self, flags: u32) -> Result<Vec<NonnullNetwork>> {
-        let r: ConnectListAllNetworksRet = self
-            .call(
-                CONNECT_LIST_ALL_NETWORKS,
-                &ConnectListAllNetworksArgs {
-                    need_results: 1,
-                    flags,
-                },
-            )
-            .await?;
-        Ok(r.nets.0)
-    }
-
     /// A network by name, or by UUID.
     pub async fn network_lookup(&self, what: &str) -> Result<NonnullNetwork> {
         let by_name: Result<NetworkLookupByNameRet> = self
@@ -691,4 +678,239 @@ async fn run(
         }
     }
     // Dropping `pending` wakes every waiting caller with Closed.
+}
+
+// Secrets, node devices, host interfaces, networks and storage pools.
+impl Client {
+    pub async fn secret_define(&self, xml: &str) -> Result<NonnullSecret> {
+        let r: SecretDefineXmlRet = self
+            .call(
+                SECRET_DEFINE_XML,
+                &SecretDefineXmlArgs {
+                    xml: xml.into(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.secret)
+    }
+
+    pub async fn list_all_secrets(&self, flags: u32) -> Result<Vec<NonnullSecret>> {
+        let r: ConnectListAllSecretsRet = self
+            .call(
+                CONNECT_LIST_ALL_SECRETS,
+                &ConnectListAllSecretsArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.secrets.0)
+    }
+
+    pub async fn secret_lookup(&self, uuid: uuid::Uuid) -> Result<NonnullSecret> {
+        let r: SecretLookupByUuidRet = self
+            .call(
+                SECRET_LOOKUP_BY_UUID,
+                &SecretLookupByUuidArgs { uuid: uuid.into() },
+            )
+            .await?;
+        Ok(r.secret)
+    }
+
+    pub async fn secret_xml(&self, secret: &NonnullSecret) -> Result<String> {
+        let r: SecretGetXmlDescRet = self
+            .call(
+                SECRET_GET_XML_DESC,
+                &SecretGetXmlDescArgs {
+                    secret: secret.clone(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn secret_set_value(&self, secret: &NonnullSecret, value: &[u8]) -> Result<()> {
+        self.call_void(
+            SECRET_SET_VALUE,
+            &SecretSetValueArgs {
+                secret: secret.clone(),
+                value: xdr::Opaque(value.to_vec()),
+                flags: 0,
+            },
+        )
+        .await
+    }
+
+    pub async fn secret_get_value(&self, secret: &NonnullSecret) -> Result<Vec<u8>> {
+        let r: SecretGetValueRet = self
+            .call(
+                SECRET_GET_VALUE,
+                &SecretGetValueArgs {
+                    secret: secret.clone(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.value.0)
+    }
+
+    pub async fn secret_undefine(&self, secret: &NonnullSecret) -> Result<()> {
+        self.call_void(
+            SECRET_UNDEFINE,
+            &SecretUndefineArgs {
+                secret: secret.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Node device names; `flags` are `virConnectListAllNodeDeviceFlags`.
+    pub async fn list_all_node_devices(&self, flags: u32) -> Result<Vec<String>> {
+        let r: ConnectListAllNodeDevicesRet = self
+            .call(
+                CONNECT_LIST_ALL_NODE_DEVICES,
+                &ConnectListAllNodeDevicesArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.devices.0.into_iter().map(|d| d.name.0).collect())
+    }
+
+    pub async fn node_device_xml(&self, name: &str) -> Result<String> {
+        let r: NodeDeviceGetXmlDescRet = self
+            .call(
+                NODE_DEVICE_GET_XML_DESC,
+                &NodeDeviceGetXmlDescArgs {
+                    name: name.into(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn node_device_parent(&self, name: &str) -> Result<Option<String>> {
+        let r: NodeDeviceGetParentRet = self
+            .call(
+                NODE_DEVICE_GET_PARENT,
+                &NodeDeviceGetParentArgs { name: name.into() },
+            )
+            .await?;
+        Ok(r.parent_name.map(|p| p.0))
+    }
+
+    pub async fn list_all_interfaces(&self, flags: u32) -> Result<Vec<NonnullInterface>> {
+        let r: ConnectListAllInterfacesRet = self
+            .call(
+                CONNECT_LIST_ALL_INTERFACES,
+                &ConnectListAllInterfacesArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.ifaces.0)
+    }
+
+    pub async fn interface_lookup(&self, name: &str) -> Result<NonnullInterface> {
+        let r: InterfaceLookupByNameRet = self
+            .call(
+                INTERFACE_LOOKUP_BY_NAME,
+                &InterfaceLookupByNameArgs { name: name.into() },
+            )
+            .await?;
+        Ok(r.iface)
+    }
+
+    pub async fn interface_xml(&self, iface: &NonnullInterface) -> Result<String> {
+        let r: InterfaceGetXmlDescRet = self
+            .call(
+                INTERFACE_GET_XML_DESC,
+                &InterfaceGetXmlDescArgs {
+                    iface: iface.clone(),
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn interface_is_active(&self, iface: &NonnullInterface) -> Result<bool> {
+        let r: InterfaceIsActiveRet = self
+            .call(
+                INTERFACE_IS_ACTIVE,
+                &InterfaceIsActiveArgs {
+                    iface: iface.clone(),
+                },
+            )
+            .await?;
+        Ok(r.active != 0)
+    }
+
+    pub async fn list_all_networks(&self, flags: u32) -> Result<Vec<NonnullNetwork>> {
+        let r: ConnectListAllNetworksRet = self
+            .call(
+                CONNECT_LIST_ALL_NETWORKS,
+                &ConnectListAllNetworksArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.nets.0)
+    }
+
+    /// Whether a network is active, persistent and autostarted.
+    pub async fn network_state(&self, net: &NonnullNetwork) -> Result<(bool, bool, bool)> {
+        let a: NetworkIsActiveRet = self
+            .call(NETWORK_IS_ACTIVE, &NetworkIsActiveArgs { net: net.clone() })
+            .await?;
+        let p: NetworkIsPersistentRet = self
+            .call(
+                NETWORK_IS_PERSISTENT,
+                &NetworkIsPersistentArgs { net: net.clone() },
+            )
+            .await?;
+        let s: NetworkGetAutostartRet = self
+            .call(
+                NETWORK_GET_AUTOSTART,
+                &NetworkGetAutostartArgs { net: net.clone() },
+            )
+            .await?;
+        Ok((a.active != 0, p.persistent != 0, s.autostart != 0))
+    }
+
+    pub async fn list_all_storage_pools(&self, flags: u32) -> Result<Vec<NonnullStoragePool>> {
+        let r: ConnectListAllStoragePoolsRet = self
+            .call(
+                CONNECT_LIST_ALL_STORAGE_POOLS,
+                &ConnectListAllStoragePoolsArgs {
+                    need_results: 1,
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.pools.0)
+    }
+
+    /// Whether a pool is active and autostarted.
+    pub async fn storage_pool_state(&self, pool: &NonnullStoragePool) -> Result<(bool, bool)> {
+        let a: StoragePoolIsActiveRet = self
+            .call(
+                STORAGE_POOL_IS_ACTIVE,
+                &StoragePoolIsActiveArgs { pool: pool.clone() },
+            )
+            .await?;
+        let s: StoragePoolGetAutostartRet = self
+            .call(
+                STORAGE_POOL_GET_AUTOSTART,
+                &StoragePoolGetAutostartArgs { pool: pool.clone() },
+            )
+            .await?;
+        Ok((a.active != 0, s.autostart != 0))
+    }
 }

@@ -1,5 +1,7 @@
 //! qemuctl: a virsh-like command line for qemud (and any libvirt daemon).
 
+mod soak;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -114,12 +116,6 @@ enum Cmd {
     NetDestroy { network: String },
     /// Remove a network's definition.
     NetUndefine { network: String },
-    /// List networks.
-    NetList {
-        /// Include inactive networks.
-        #[arg(long)]
-        all: bool,
-    },
     /// Basic facts about a network.
     NetInfo { network: String },
     /// A network's XML.
@@ -131,6 +127,190 @@ enum Cmd {
     },
     /// The DHCP leases a network handed out.
     NetDhcpLeases { network: String },
+    /// Mixed load for a set time; the daemon's RSS, fds, threads and QEMUs before and after.
+    Soak(soak::SoakArgs),
+    #[command(flatten)]
+    Objects(ObjectCmd),
+    #[command(flatten)]
+    Host(HostCmd),
+}
+
+/// Host capability and statistics commands.
+#[derive(Subcommand)]
+enum HostCmd {
+    /// What a guest of an emulator, machine type and virt type can use.
+    Domcapabilities {
+        #[arg(long)]
+        virttype: Option<String>,
+        #[arg(long)]
+        machine: Option<String>,
+        #[arg(long)]
+        emulatorbin: Option<String>,
+        #[arg(long)]
+        arch: Option<String>,
+    },
+    /// The CPU models known for an architecture.
+    CpuModels { arch: String },
+    /// Host CPU times in nanoseconds (all CPUs, or one).
+    Nodecpustats { cpu: Option<i32> },
+    /// Host memory statistics in KiB (all cells, or one).
+    Nodememstats {
+        #[arg(long)]
+        cell: Option<i32>,
+    },
+    /// The host's SMBIOS information.
+    Sysinfo,
+}
+
+/// Runs a host command; its output follows virsh's.
+async fn run_host(c: &Client, cmd: HostCmd, json: bool) -> Result<(), ClientError> {
+    use qemud_protocol::remote::procs;
+    use qemud_protocol::remote::*;
+    match cmd {
+        HostCmd::Domcapabilities {
+            virttype,
+            machine,
+            emulatorbin,
+            arch,
+        } => {
+            let r: ConnectGetDomainCapabilitiesRet = c
+                .call(
+                    procs::CONNECT_GET_DOMAIN_CAPABILITIES,
+                    &ConnectGetDomainCapabilitiesArgs {
+                        emulatorbin: emulatorbin.map(Into::into),
+                        arch: arch.map(Into::into),
+                        machine: machine.map(Into::into),
+                        virttype: virttype.map(Into::into),
+                        flags: 0,
+                    },
+                )
+                .await?;
+            if json {
+                print_json(json!({ "xml": r.capabilities.0 }));
+            } else {
+                print!("{}", r.capabilities.0);
+            }
+        }
+        HostCmd::CpuModels { arch } => {
+            let r: ConnectGetCpuModelNamesRet = c
+                .call(
+                    procs::CONNECT_GET_CPU_MODEL_NAMES,
+                    &ConnectGetCpuModelNamesArgs {
+                        arch: arch.into(),
+                        need_results: 1,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let models: Vec<String> = r.models.0.into_iter().map(|m| m.0).collect();
+            if json {
+                print_json(json!({ "models": models }));
+            } else if models.is_empty() {
+                println!("all CPU models are accepted");
+            } else {
+                for m in models {
+                    println!("{m}");
+                }
+            }
+        }
+        HostCmd::Nodecpustats { cpu } => {
+            let cpu_num = cpu.unwrap_or(-1);
+            let count: NodeGetCpuStatsRet = c
+                .call(
+                    procs::NODE_GET_CPU_STATS,
+                    &NodeGetCpuStatsArgs {
+                        cpu_num,
+                        nparams: 0,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let r: NodeGetCpuStatsRet = c
+                .call(
+                    procs::NODE_GET_CPU_STATS,
+                    &NodeGetCpuStatsArgs {
+                        cpu_num,
+                        nparams: count.nparams,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let stats: Vec<(String, u64)> = r
+                .params
+                .0
+                .into_iter()
+                .map(|p| (p.field.0, p.value))
+                .collect();
+            if json {
+                let m: serde_json::Map<String, serde_json::Value> =
+                    stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                print_json(serde_json::Value::Object(m));
+            } else {
+                for (k, v) in stats {
+                    let k = if k == "kernel" {
+                        "system".to_owned()
+                    } else {
+                        k
+                    };
+                    println!("{:<8}{v:>20}", format!("{k}:"));
+                }
+            }
+        }
+        HostCmd::Nodememstats { cell } => {
+            let cell_num = cell.unwrap_or(-1);
+            let count: NodeGetMemoryStatsRet = c
+                .call(
+                    procs::NODE_GET_MEMORY_STATS,
+                    &NodeGetMemoryStatsArgs {
+                        nparams: 0,
+                        cell_num,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let r: NodeGetMemoryStatsRet = c
+                .call(
+                    procs::NODE_GET_MEMORY_STATS,
+                    &NodeGetMemoryStatsArgs {
+                        nparams: count.nparams,
+                        cell_num,
+                        flags: 0,
+                    },
+                )
+                .await?;
+            let stats: Vec<(String, u64)> = r
+                .params
+                .0
+                .into_iter()
+                .map(|p| (p.field.0, p.value))
+                .collect();
+            if json {
+                let m: serde_json::Map<String, serde_json::Value> = stats
+                    .into_iter()
+                    .map(|(k, v)| (format!("{k}_kib"), json!(v)))
+                    .collect();
+                print_json(serde_json::Value::Object(m));
+            } else {
+                for (k, v) in stats {
+                    println!("{k:<7}: {v:>20} KiB");
+                }
+            }
+        }
+        HostCmd::Sysinfo => {
+            let r: ConnectGetSysinfoRet = c
+                .call(
+                    procs::CONNECT_GET_SYSINFO,
+                    &ConnectGetSysinfoArgs { flags: 0 },
+                )
+                .await?;
+            if json {
+                print_json(json!({ "xml": r.sysinfo.0 }));
+            } else {
+                print!("{}", r.sysinfo.0);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -271,6 +451,9 @@ fn uuid_of(d: &NonnullDomain) -> uuid::Uuid {
 async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Cmd::Bench(args) = &cli.command {
         return bench::run(&cli.uri, args, cli.json).await;
+    }
+    if let Cmd::Soak(args) = &cli.command {
+        return soak::run(&cli.uri, args, cli.json).await;
     }
     let client = Client::connect_with(&cli.uri, cli.readonly).await?;
     let c = &client;
@@ -554,42 +737,6 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             c.network_undefine(&n).await?;
             net_done(json, &n.name.0, "has been undefined");
         }
-        Cmd::NetList { all } => {
-            // VIR_CONNECT_LIST_NETWORKS_ACTIVE unless --all.
-            let nets = c.list_all_networks(if all { 0 } else { 2 }).await?;
-            let mut rows = Vec::new();
-            for n in &nets {
-                rows.push((
-                    n.name.0.clone(),
-                    c.network_is_active(n).await?,
-                    c.network_autostart(n).await?,
-                    c.network_is_persistent(n).await?,
-                ));
-            }
-            rows.sort();
-            let yes = |b: bool| if b { "yes" } else { "no" };
-            if json {
-                print_json(json!(rows
-                    .iter()
-                    .map(|(name, active, auto, pers)| json!({"name": name, "active": active, "autostart": auto, "persistent": pers}))
-                    .collect::<Vec<_>>()));
-            } else {
-                let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-                println!(
-                    " {:<w$}   {:<8}   {:<9}   Persistent",
-                    "Name", "State", "Autostart"
-                );
-                println!("{}", "-".repeat(w + 40));
-                for (name, active, auto, pers) in rows {
-                    let state = if active { "active" } else { "inactive" };
-                    println!(
-                        " {name:<w$}   {state:<8}   {:<9}   {}",
-                        yes(auto),
-                        yes(pers)
-                    );
-                }
-            }
-        }
         Cmd::NetInfo { network } => {
             let n = c.network_lookup(&network).await?;
             let active = c.network_is_active(&n).await?;
@@ -658,7 +805,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
-        Cmd::Bench(_) => unreachable!("handled above"),
+        Cmd::Objects(cmd) => objects(c, cmd, json).await?,
+        Cmd::Bench(_) | Cmd::Soak(_) => unreachable!("handled above"),
+        Cmd::Host(cmd) => run_host(c, cmd, json).await?,
     }
     Ok(())
 }
@@ -694,7 +843,354 @@ fn net_done(json: bool, name: &str, done: &str) {
     }
 }
 
+// Secrets, node devices, host interfaces, networks and storage pools.
+
+#[derive(Subcommand)]
+enum ObjectCmd {
+    /// Define or change a secret from an XML file.
+    SecretDefine { file: String },
+    /// List secrets.
+    SecretList,
+    /// A secret's XML.
+    SecretDumpxml { uuid: uuid::Uuid },
+    /// Set a secret's value (base64 text, or the raw bytes of a file).
+    SecretSetValue {
+        uuid: uuid::Uuid,
+        /// The value, base64-encoded.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        base64: Option<String>,
+        /// A file whose bytes, as they are, become the value.
+        #[arg(long)]
+        file: Option<String>,
+    },
+    /// A secret's value, in base64.
+    SecretGetValue { uuid: uuid::Uuid },
+    /// Remove a secret.
+    SecretUndefine { uuid: uuid::Uuid },
+    /// List host devices.
+    NodedevList {
+        /// Only devices with this capability (pci, usb_device, usb, net, storage, system).
+        #[arg(long)]
+        cap: Option<String>,
+    },
+    /// A host device's XML.
+    NodedevDumpxml { name: String },
+    /// List host interfaces (active ones unless --all).
+    IfaceList {
+        #[arg(long)]
+        all: bool,
+    },
+    /// A host interface's XML.
+    IfaceDumpxml { name: String },
+    /// List virtual networks (active ones unless --all).
+    NetList {
+        #[arg(long)]
+        all: bool,
+    },
+    /// List storage pools (active ones unless --all).
+    PoolList {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        acc = (acc << 6) | B64.iter().position(|&x| x == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (bits < 6).then_some(out)
+}
+
+fn usage_name(t: i32) -> &'static str {
+    ["none", "volume", "ceph", "iscsi", "tls", "vtpm"]
+        .get(t as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn nodedev_cap_flag(cap: &str) -> Option<u32> {
+    let caps = [
+        "system",
+        "pci",
+        "usb_device",
+        "usb",
+        "net",
+        "scsi_host",
+        "scsi_target",
+        "scsi",
+        "storage",
+    ];
+    caps.iter().position(|c| *c == cap).map(|i| 1 << i)
+}
+
+/// Prints a virsh-style table: a header, a rule and left-aligned columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!(" {}", parts.join("   ")).trim_end().to_owned()
+    };
+    let head = line(header.to_vec());
+    println!("{head}");
+    println!("{}", "-".repeat(head.len() + 2));
+    for r in rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientError> {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    match cmd {
+        ObjectCmd::SecretDefine { file } => {
+            let xml = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Connect(format!("cannot read {file}: {e}")))?;
+            let s = c.secret_define(&xml).await?;
+            let uuid = uuid::Uuid::from(s.uuid);
+            if json {
+                print_json(
+                    json!({"uuid": uuid.to_string(), "usage_type": usage_name(s.usage_type), "usage_id": s.usage_id.0}),
+                );
+            } else {
+                println!("Secret {uuid} created");
+            }
+        }
+        ObjectCmd::SecretList => {
+            let secrets = c.list_all_secrets(0).await?;
+            if json {
+                print_json(json!(secrets
+                    .iter()
+                    .map(|s| json!({"uuid": uuid::Uuid::from(s.uuid).to_string(),
+                        "usage_type": usage_name(s.usage_type), "usage_id": s.usage_id.0}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = secrets
+                    .iter()
+                    .map(|s| {
+                        let usage = if s.usage_type == 0 {
+                            "Unused".to_owned()
+                        } else {
+                            format!("{} {}", usage_name(s.usage_type), s.usage_id)
+                        };
+                        vec![uuid::Uuid::from(s.uuid).to_string(), usage]
+                    })
+                    .collect();
+                print_table(&["UUID", "Usage"], &rows);
+            }
+        }
+        ObjectCmd::SecretDumpxml { uuid } => {
+            let s = c.secret_lookup(uuid).await?;
+            let xml = c.secret_xml(&s).await?;
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        ObjectCmd::SecretSetValue { uuid, base64, file } => {
+            let value = match (base64, file) {
+                (Some(b), _) => base64_decode(&b)
+                    .ok_or_else(|| ClientError::Connect("invalid base64 value".into()))?,
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| ClientError::Connect(format!("cannot read {f}: {e}")))?,
+                (None, None) => return Err(ClientError::Connect("no value given".into())),
+            };
+            let s = c.secret_lookup(uuid).await?;
+            c.secret_set_value(&s, &value).await?;
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "result": "value set"}));
+            } else {
+                println!("Secret value set");
+            }
+        }
+        ObjectCmd::SecretGetValue { uuid } => {
+            let s = c.secret_lookup(uuid).await?;
+            let value = base64_encode(&c.secret_get_value(&s).await?);
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "base64": value}));
+            } else {
+                println!("{value}");
+            }
+        }
+        ObjectCmd::SecretUndefine { uuid } => {
+            let s = c.secret_lookup(uuid).await?;
+            c.secret_undefine(&s).await?;
+            if json {
+                print_json(json!({"uuid": uuid.to_string(), "result": "deleted"}));
+            } else {
+                println!("Secret {uuid} deleted");
+            }
+        }
+        ObjectCmd::NodedevList { cap } => {
+            let flags = match &cap {
+                Some(name) => nodedev_cap_flag(name)
+                    .ok_or_else(|| ClientError::Connect(format!("unknown capability '{name}'")))?,
+                None => 0,
+            };
+            let mut names = c.list_all_node_devices(flags).await?;
+            names.sort();
+            if json {
+                let mut rows = Vec::new();
+                for n in &names {
+                    rows.push(
+                        json!({"name": n, "parent": c.node_device_parent(n).await.ok().flatten()}),
+                    );
+                }
+                print_json(json!(rows));
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+        }
+        ObjectCmd::NodedevDumpxml { name } => {
+            let xml = c.node_device_xml(&name).await?;
+            if json {
+                print_json(json!({"name": name, "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        ObjectCmd::IfaceList { all } => {
+            // ACTIVE only, unless --all.
+            let mut ifaces = c.list_all_interfaces(if all { 0 } else { 2 }).await?;
+            ifaces.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for i in &ifaces {
+                let active = c.interface_is_active(i).await?;
+                rows.push((i.name.0.clone(), active, i.mac.0.clone()));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(n, a, m)| json!({"name": n, "active": a, "mac": m}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(n, a, m)| vec![n, if a { "active" } else { "inactive" }.into(), m])
+                    .collect();
+                print_table(&["Name", "State", "MAC Address"], &rows);
+            }
+        }
+        ObjectCmd::IfaceDumpxml { name } => {
+            let i = c.interface_lookup(&name).await?;
+            let xml = c.interface_xml(&i).await?;
+            if json {
+                print_json(json!({"name": name, "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        ObjectCmd::NetList { all } => {
+            // ACTIVE only, unless --all.
+            let mut nets = c.list_all_networks(if all { 0 } else { 2 }).await?;
+            nets.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for n in &nets {
+                let (active, persistent, autostart) = c.network_state(n).await?;
+                rows.push((n.name.0.clone(), active, autostart, persistent));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(n, a, s, p)| json!({"name": n, "active": a, "autostart": s, "persistent": p}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(n, a, s, p)| {
+                        vec![
+                            n,
+                            if a { "active" } else { "inactive" }.into(),
+                            yes_no(s).into(),
+                            yes_no(p).into(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["Name", "State", "Autostart", "Persistent"], &rows);
+            }
+        }
+        ObjectCmd::PoolList { all } => {
+            // ACTIVE only, unless --all.
+            let mut pools = c.list_all_storage_pools(if all { 0 } else { 2 }).await?;
+            pools.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+            let mut rows = Vec::new();
+            for p in &pools {
+                let (active, autostart) = c.storage_pool_state(p).await?;
+                rows.push((p.name.0.clone(), active, autostart));
+            }
+            if json {
+                print_json(json!(rows
+                    .iter()
+                    .map(|(n, a, s)| json!({"name": n, "active": a, "autostart": s}))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(n, a, s)| {
+                        vec![
+                            n,
+                            if a { "active" } else { "inactive" }.into(),
+                            yes_no(s).into(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["Name", "State", "Autostart"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = qemud_clidoc::generate_if_asked(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -80,7 +80,10 @@ impl LifecycleAction {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OsDef {
-    /// Always "x86_64".
+    /// libvirt's OS type; only "hvm" passes the define-time checks.
+    pub os_type: String,
+    /// One of libvirt's architectures; only "x86_64" (and "i686") pass
+    /// the define-time checks.
     pub arch: String,
     /// QEMU machine type, e.g. "pc" or "q35".
     pub machine: String,
@@ -121,6 +124,8 @@ pub struct DiskDef {
     /// "virtio", "sata", "ide" or "scsi".
     pub bus: String,
     pub readonly: bool,
+    /// `<shareable/>`: other VMs may write the image at the same time.
+    pub shareable: bool,
     /// Per-device `<boot order='N'/>`.
     pub boot_order: Option<u32>,
 }
@@ -345,6 +350,66 @@ const UNSUPPORTED_DEVICES: &[&str] = &[
     "pstore",
 ];
 
+/// The virt types libvirt's domain XML knows.
+pub const VIRT_TYPES: &[&str] = &[
+    "qemu",
+    "kqemu",
+    "kvm",
+    "xen",
+    "lxc",
+    "uml",
+    "openvz",
+    "test",
+    "vmware",
+    "hyperv",
+    "vbox",
+    "phyp",
+    "parallels",
+    "bhyve",
+    "vz",
+    "hvf",
+];
+
+/// The architecture names libvirt knows.
+pub const ARCHES: &[&str] = &[
+    "alpha",
+    "armv6l",
+    "armv7l",
+    "armv7b",
+    "aarch64",
+    "cris",
+    "i686",
+    "ia64",
+    "lm32",
+    "m68k",
+    "microblaze",
+    "microblazeel",
+    "mips",
+    "mipsel",
+    "mips64",
+    "mips64el",
+    "openrisc",
+    "parisc",
+    "parisc64",
+    "ppc",
+    "ppcle",
+    "ppc64",
+    "ppc64le",
+    "ppcemb",
+    "riscv32",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sh4",
+    "sh4eb",
+    "sparc",
+    "sparc64",
+    "unicore32",
+    "x86_64",
+    "xtensa",
+    "xtensaeb",
+];
+
 type Node<'a> = roxmltree::Node<'a, 'a>;
 
 fn child<'a>(n: Node<'a>, name: &str) -> Option<Node<'a>> {
@@ -395,10 +460,10 @@ impl DomainDef {
             .attribute("type")
             .ok_or_else(|| invalid("missing domain type attribute"))?
             .to_owned();
-        if domain_type != "kvm" && domain_type != "qemu" {
-            return Err(unsupported(format!(
-                "domain type '{domain_type}' is not supported"
-            )));
+        // Any virt type libvirt knows parses; whether this host's emulator
+        // runs it is checked at define, where the emulator is known.
+        if !VIRT_TYPES.contains(&domain_type.as_str()) {
+            return Err(unsupported(format!("invalid domain type {domain_type}")));
         }
         let name = text_of(root, "name").unwrap_or_default();
         validate_name(&name)?;
@@ -628,6 +693,9 @@ impl DomainDef {
             }
             if disk.readonly {
                 x.push_str("      <readonly/>\n");
+            }
+            if disk.shareable {
+                x.push_str("      <shareable/>\n");
             }
             x.push_str("    </disk>\n");
         }
@@ -868,16 +936,13 @@ fn parse_os(root: Node) -> Result<OsDef> {
     let ty = child(os, "type").ok_or_else(|| invalid("an os <type> must be specified"))?;
     let os_type = text_content(ty);
     let os_type = os_type.trim();
-    if os_type != "hvm" {
-        return Err(unsupported(format!(
-            "os type '{os_type}' is not supported; only 'hvm' is"
-        )));
+    // Whether the emulator runs this OS type is checked at define.
+    if !["hvm", "xen", "linux", "exe", "uml", "xenpvh"].contains(&os_type) {
+        return Err(unsupported(format!("unknown OS type '{os_type}'")));
     }
     let arch = ty.attribute("arch").unwrap_or("x86_64").to_owned();
-    if arch != "x86_64" {
-        return Err(unsupported(format!(
-            "architecture '{arch}' is not supported"
-        )));
+    if !ARCHES.contains(&arch.as_str()) {
+        return Err(unsupported(format!("Unknown architecture {arch}")));
     }
     // The guest would boot other firmware than it asked for.
     match os.attribute("firmware") {
@@ -905,6 +970,7 @@ fn parse_os(root: Node) -> Result<OsDef> {
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
     let machine = ty.attribute("machine").unwrap_or("pc").trim();
     Ok(OsDef {
+        os_type: os_type.to_owned(),
         arch,
         machine: if machine.is_empty() { "pc" } else { machine }.to_owned(),
         boot,
@@ -1138,6 +1204,7 @@ fn parse_disk(el: Node) -> Result<DiskDef> {
     }
     Ok(DiskDef {
         readonly: child(el, "readonly").is_some() || device == "cdrom",
+        shareable: child(el, "shareable").is_some(),
         boot_order: parse_boot_order(el)?,
         source_type,
         device,
@@ -1807,14 +1874,14 @@ mod tests {
                 "console target type",
             ),
             (
-                MINIMAL.replace("type='qemu'", "type='xen'"),
-                "domain type 'xen'",
+                MINIMAL.replace("type='qemu'", "type='nonsense'"),
+                "invalid domain type nonsense",
             ),
             (
-                MINIMAL.replace("<type>", "<type arch='aarch64'>"),
-                "architecture",
+                MINIMAL.replace("<type>", "<type arch='z80'>"),
+                "Unknown architecture z80",
             ),
-            (MINIMAL.replace(">hvm<", ">xen<"), "os type"),
+            (MINIMAL.replace(">hvm<", ">dos<"), "unknown OS type 'dos'"),
             (MINIMAL.replace("<os>", "<os firmware='efi'>"), "firmware"),
             (
                 MINIMAL.replace(

@@ -1,5 +1,10 @@
-//! qemud settings and the libvirt domain and network XML models.
+//! qemud settings and the libvirt XML models.
 
+pub mod capabilities;
 pub mod domain;
+pub mod domcaps;
+pub mod interface;
 pub mod network;
+pub mod nodedev;
+pub mod secret;
 pub mod settings;

@@ -110,6 +110,19 @@ pub struct Settings {
     pub qemu_binary: Option<String>,
     /// Deadline of every QMP command, in milliseconds.
     pub qmp_timeout_ms: u64,
+    /// Bytes of replies and events queued to one client (plus calls read
+    /// from it and not yet run) above which the daemon stops reading from
+    /// it; a single larger reply still goes out on its own.
+    pub max_client_queue_bytes: usize,
+    /// The same, summed over all clients: above it, clients with anything
+    /// queued are not read from.
+    pub max_total_queue_bytes: usize,
+    /// A client over its budget that reads nothing for this long is
+    /// disconnected, in milliseconds.
+    pub client_stall_timeout_ms: u64,
+    /// "text" (coloured only on a terminal) or "json" (one object per
+    /// line, for journald and container log collectors).
+    pub log_format: String,
 }
 
 fn session_dirs() -> (PathBuf, PathBuf) {
@@ -160,6 +173,10 @@ impl Settings {
             max_message_bytes: 16 * 1024 * 1024,
             qemu_binary: None,
             qmp_timeout_ms: 10_000,
+            max_client_queue_bytes: 4 * 1024 * 1024,
+            max_total_queue_bytes: 32 * 1024 * 1024,
+            client_stall_timeout_ms: 30_000,
+            log_format: "text".into(),
         }
     }
 
@@ -198,6 +215,15 @@ impl Settings {
         parse_perms(&self.unix_sock_ro_perms).map_err(|e| format!("unix_sock_ro_perms: {e}"))?;
         if self.max_clients == 0 {
             return Err("max_clients must be at least 1".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be \"text\" or \"json\", not \"{}\"",
+                self.log_format
+            ));
+        }
+        if self.max_client_queue_bytes == 0 || self.max_total_queue_bytes == 0 {
+            return Err("max_client_queue_bytes and max_total_queue_bytes must be positive".into());
         }
         // Below this not even the reply to the first call would fit.
         if self.max_message_bytes < MIN_MESSAGE_BYTES {
@@ -258,6 +284,10 @@ mod tests {
         assert_eq!(s.max_message_bytes, 16 * 1024 * 1024);
         assert_eq!(s.qemu_binary, None);
         assert_eq!(s.qmp_timeout_ms, 10_000);
+        assert_eq!(s.max_client_queue_bytes, 4 * 1024 * 1024);
+        assert_eq!(s.max_total_queue_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.client_stall_timeout_ms, 30_000);
+        assert_eq!(s.log_format, "text");
         assert_eq!(s.validate(), Ok(()));
         let s = Settings::for_mode(Mode::Session);
         assert!(s.state_dir.ends_with("qemud"));
@@ -308,6 +338,8 @@ mod tests {
             "unix_sock_ro_perms = \"0999\"\n",
             "max_clients = 0\n",
             "max_message_bytes = 100\n",
+            "log_format = \"xml\"\n",
+            "max_client_queue_bytes = 0\n",
         ] {
             assert!(Settings::from_toml(text, Mode::System).is_err(), "{text}");
         }

@@ -4,6 +4,7 @@
 //! re-attached by the next start).
 
 mod listeners;
+mod lock;
 mod tls;
 
 use std::path::PathBuf;
@@ -56,6 +57,10 @@ struct Args {
     /// QEMU binary to use.
     #[arg(long)]
     qemu: Option<String>,
+    /// Log as "text" (coloured only on a terminal) or "json" (one object
+    /// per line, for journald and containers); overrides `log_format`.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn apply(args: &Args, s: &mut Settings) {
@@ -83,17 +88,43 @@ fn apply(args: &Args, s: &mut Settings) {
     if let Some(q) = &args.qemu {
         s.qemu_binary = Some(q.clone());
     }
+    if let Some(f) = &args.log_format {
+        s.log_format = f.clone();
+    }
+}
+
+/// Logs to stderr as text or JSON. Colour codes only reach a terminal:
+/// in a file, a pipe or the journal they are noise.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Some(code) = qemud_clidoc::generate_if_asked(<Args as clap::CommandFactory>::command) {
+        std::process::exit(code);
+    }
     let args = Args::parse();
-    let mut settings = match Settings::load(args.config.as_deref()) {
+    let loaded = Settings::load(args.config.as_deref());
+    let format = args
+        .log_format
+        .clone()
+        .or_else(|| loaded.as_ref().ok().map(|s| s.log_format.clone()))
+        .unwrap_or_else(|| "text".into());
+    init_logging(&format);
+    let mut settings = match loaded {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -106,6 +137,15 @@ fn main() {
         error!("invalid settings: {e}");
         std::process::exit(1);
     }
+    // Before anything else touches the directories: a second daemon on
+    // them must leave the first one's QEMUs, records and sockets alone.
+    let _locks = match lock::DirLocks::acquire(&settings) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
     let settings = Arc::new(settings);
 
     let system = actix_rt::System::new();
@@ -131,6 +171,11 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index.clone(),
         events.clone(),
     ));
+    let secrets = actix::Actor::start(qemud_actors::secret::driver::SecretDriver::load(
+        settings.state_dir.join("secrets"),
+        events.clone(),
+    ));
+    let nodedevs = qemud_actors::nodedev::NodeDevices::start(events.clone());
     let networks = actix::Actor::start(NetworkRegistry::new(
         settings.state_dir.clone(),
         settings.run_dir.clone(),
@@ -151,6 +196,8 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         index,
         registry,
         events,
+        secrets,
+        nodedevs,
         networks: networks.clone(),
         uri: uri.to_owned(),
     });
@@ -169,9 +216,12 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         }
     }
     info!("qemud ready");
+    // Under systemd (Type=notify) this tells it the sockets are listening.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     wait_for_shutdown().await;
     info!("shutting down; running domains keep running");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     listeners.close();
     // Networks do not outlive the daemon: bridges, rules and dnsmasq go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), networks.send(StopAll)).await;

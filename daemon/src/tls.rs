@@ -23,6 +23,31 @@ fn certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>,
     Ok(certs)
 }
 
+/// Refuses a private key others can read: whoever can read it can pose as
+/// this server, so serving with it would hide a compromise the operator
+/// must fix (as sshd refuses an unprotected key). Group read is allowed,
+/// with a warning: Debian's `ssl-cert` group gives services keys that way.
+pub fn check_key_mode(key: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "TLS private key {} is accessible by other users (mode {mode:04o}); refusing to use it. \
+             Anyone who read it can impersonate this server: replace the key and make it \
+             readable by its owner only (chmod 600)",
+            key.display()
+        ));
+    }
+    if mode & 0o070 != 0 {
+        tracing::warn!(
+            key = %key.display(),
+            "TLS private key is readable by its group (mode {mode:04o}); make sure only trusted users are in it"
+        );
+    }
+    Ok(())
+}
+
 /// Builds the server configuration from the CA, certificate and key files.
 pub fn server_config(
     ca: &Path,
@@ -39,6 +64,7 @@ pub fn server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| format!("cannot build client verifier: {e}"))?;
+    check_key_mode(key)?;
     let key_data = read(key)?;
     let key = rustls_pemfile::private_key(&mut key_data.as_slice())
         .map_err(|e| format!("cannot parse {}: {e}", key.display()))?

@@ -530,10 +530,17 @@ mod tests {
         for v in 0..200 {
             if let Some(c) = ErrorCode::from_i32(v) {
                 assert_eq!(c as i32, v);
-                assert!(c.name().starts_with("VIR_ERR_"));
+                // Warnings (VIR_WAR_*) share the numbering with errors.
+                assert!(c.name().starts_with("VIR_ERR_") || c.name().starts_with("VIR_WAR_"));
             }
         }
         assert_eq!(ErrorCode::NoDomain as i32, 42);
         assert_eq!(ErrorCode::OperationInvalid as i32, 55);
+        assert_eq!(ErrorCode::NoNetwork as i32, 43);
+        assert_eq!(ErrorCode::WarNoNetwork as i32, 41);
+        assert_eq!(ErrorCode::NoSecret as i32, 66);
+        assert_eq!(ErrorDomain::Qemu as i32, 10);
+        assert_eq!(ErrorDomain::Remote as i32, 13);
+        assert_eq!(ErrorDomain::Domain as i32, 20);
     }
 }

@@ -330,6 +330,10 @@ fn disks(def: &DomainDef, a: &mut Vec<String>) -> Result<(), CmdlineError> {
         if let Some(n) = disk.boot_order {
             device.push_str(&format!(",bootindex={n}"));
         }
+        // QEMU refuses a second writer of an image unless told it is shared.
+        if disk.shareable {
+            device.push_str(",share-rw=on");
+        }
         push(a, "-device", device);
     }
     Ok(())
@@ -687,6 +691,20 @@ mod tests {
             &build(&d, Accel::Kvm),
             "-smp",
             "2,maxcpus=4,sockets=1,dies=1,cores=2,threads=2"
+        ));
+    }
+
+    #[test]
+    fn shareable_disks_are_shared_rw() {
+        let d = def(
+            "<disk type='file' device='disk'><source file='/s.img'/><target dev='vda' bus='virtio'/><shareable/></disk>",
+            "pc",
+        );
+        let argv = build_command_line(&d, "q", Accel::Tcg, &paths()).expect("argv");
+        assert!(has_pair(
+            &argv,
+            "-device",
+            "virtio-blk-pci,drive=drive0,id=disk0,share-rw=on"
         ));
     }
 

@@ -4,9 +4,10 @@
 //! registry sends it commands. Every wait has a deadline.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use nix::sys::signal::{kill, Signal};
@@ -20,10 +21,21 @@ use uuid::Uuid;
 use crate::domain::qmp::{QmpClient, QmpEvent};
 use crate::error::Error;
 
-/// How long a QEMU gets to exit after SIGTERM before SIGKILL.
+/// How long a graceful destroy waits for QEMU to exit after SIGTERM, and
+/// how long the watcher waits for a QEMU that closed its monitor.
 const TERM_GRACE: Duration = Duration::from_secs(10);
 /// How long to wait for the process to vanish after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// A forced destroy: how long QEMU gets to act on SIGTERM before SIGKILL.
+/// A QEMU in its main loop exits within tens of milliseconds; one that has
+/// not by then is hung, and destroy is the operator's way out.
+const FORCE_GRACE: Duration = Duration::from_millis(500);
+/// A QEMU younger than this may still be initialising, when it does not act
+/// on SIGTERM yet: a forced destroy sends SIGKILL straight away.
+const STARTING_AGE: Duration = Duration::from_secs(3);
+/// A forced destroy asks the monitor for a sign of life; no answer within
+/// this means SIGTERM will not be handled either.
+const MONITOR_PROBE: Duration = Duration::from_millis(250);
 
 /// What the watcher tells the registry, in the order it happened.
 #[derive(Debug, Message)]
@@ -48,6 +60,9 @@ pub struct LaunchSpec {
     pub qmp_socket: PathBuf,
     pub log_file: PathBuf,
     pub qmp_timeout: Duration,
+    /// Set to QEMU's pid as soon as it is spawned, so a destroy can kill a
+    /// QEMU that is still starting (as libvirt's destroy does).
+    pub spawned_pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// A QEMU that is up with its monitor connected.
@@ -56,6 +71,8 @@ pub struct Launched {
     pub qmp: QmpClient,
     events: mpsc::UnboundedReceiver<QmpEvent>,
     child: Option<Child>,
+    /// When this daemon started the process; `None` for one re-attached.
+    started_at: Option<Instant>,
 }
 
 fn log_tail(path: &Path) -> String {
@@ -70,6 +87,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::domain::store::FILE_MODE)
         .open(&spec.log_file)
         .map_err(|e| {
             Error::System(format!(
@@ -95,7 +113,10 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
                 spec.emulator.display()
             ))
         })?;
+    let started_at = Instant::now();
     let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+    spec.spawned_pid
+        .store(pid, std::sync::atomic::Ordering::Release);
     info!(pid, emulator = %spec.emulator.display(), "started QEMU");
 
     // Connect while watching for an early exit (bad arguments, missing
@@ -118,6 +139,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
             qmp,
             events,
             child: Some(child),
+            started_at: Some(started_at),
         }),
         Err(e) => {
             let _ = child.start_kill();
@@ -150,12 +172,13 @@ pub async fn attach(pid: i32, qmp_socket: &Path, qmp_timeout: Duration) -> Resul
         qmp,
         events,
         child: None,
+        started_at: None,
     })
 }
 
 /// Alive means running or sleeping: a zombie waiting for an init that
 /// reaps slowly is already gone as far as the domain is concerned.
-fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -163,6 +186,18 @@ fn pid_alive(pid: i32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z') | Some('X') | None)
+}
+
+/// Stopped (SIGSTOP) or traced: such a process acts on no signal but
+/// SIGKILL.
+fn pid_stopped(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    matches!(state, Some('T') | Some('t'))
 }
 
 /// Forwards events in order, then reports the exit once the process is
@@ -248,6 +283,7 @@ async fn watch(
 pub struct QemuVm {
     pid: i32,
     qmp: QmpClient,
+    started_at: Option<Instant>,
     exited: bool,
     exit_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -264,10 +300,12 @@ impl QemuVm {
             qmp,
             events,
             child,
+            started_at,
         } = launched;
         let vm = QemuVm {
             pid,
             qmp,
+            started_at,
             exited: false,
             exit_waiters: Vec::new(),
         }
@@ -315,8 +353,12 @@ impl Handler<QmpCommand> for QemuVm {
     }
 }
 
-/// Terminates the process: SIGTERM, then SIGKILL unless graceful. Resolves
-/// once the process is gone.
+/// Terminates the process and resolves once it is gone. Graceful: SIGTERM
+/// only, failing after `TERM_GRACE` (VIR_DOMAIN_DESTROY_GRACEFUL). Forced:
+/// SIGKILL at once for a QEMU that cannot act on SIGTERM (stopped, traced,
+/// still starting); otherwise SIGTERM, then SIGKILL as soon as the monitor
+/// fails to answer a probe or `FORCE_GRACE` passes. Never waits on the
+/// monitor itself.
 #[derive(Message)]
 #[rtype(result = "Result<(), Error>")]
 pub struct Kill {
@@ -332,24 +374,60 @@ impl Handler<Kill> for QemuVm {
         }
         let (tx, rx) = oneshot::channel();
         self.exit_waiters.push(tx);
-        self.signal(Signal::SIGTERM);
+        let pid = self.pid;
         let deadline = if msg.graceful {
+            self.signal(Signal::SIGTERM);
             TERM_GRACE
         } else {
-            ctx.run_later(TERM_GRACE, |act, _| {
-                if !act.exited {
-                    warn!(pid = act.pid, "QEMU ignored SIGTERM; sending SIGKILL");
-                    act.signal(Signal::SIGKILL);
-                }
-            });
-            TERM_GRACE + KILL_WAIT
+            let unable = if pid_stopped(pid) {
+                Some("stopped")
+            } else if self.started_at.is_some_and(|t| t.elapsed() < STARTING_AGE) {
+                Some("still starting")
+            } else {
+                None
+            };
+            if let Some(why) = unable {
+                info!(pid, "QEMU is {why}; destroying it with SIGKILL");
+                self.signal(Signal::SIGKILL);
+            } else {
+                self.signal(Signal::SIGTERM);
+                ctx.run_later(FORCE_GRACE, |act, _| {
+                    if !act.exited {
+                        warn!(
+                            pid = act.pid,
+                            "QEMU did not exit on SIGTERM; sending SIGKILL"
+                        );
+                        act.signal(Signal::SIGKILL);
+                    }
+                });
+                let qmp = self.qmp.clone();
+                let probe = async move {
+                    qmp.execute_within("query-status", None, MONITOR_PROBE)
+                        .await
+                };
+                ctx.spawn(probe.into_actor(self).map(|res, act, _| {
+                    // Closed means QEMU is on its way out; only silence
+                    // means a QEMU that will not act on SIGTERM either.
+                    if let Err(crate::domain::qmp::QmpError::Timeout(_)) = res {
+                        if !act.exited {
+                            warn!(
+                                pid = act.pid,
+                                "QEMU monitor does not answer; sending SIGKILL"
+                            );
+                            act.signal(Signal::SIGKILL);
+                        }
+                    }
+                }));
+            }
+            FORCE_GRACE + KILL_WAIT
         };
-        let pid = self.pid;
         Box::pin(async move {
             match tokio::time::timeout(deadline, rx).await {
                 Ok(_) => Ok(()),
-                Err(_) => Err(Error::OperationFailed(format!(
-                    "failed to terminate process {pid} with SIGTERM"
+                // libvirt's wording (virProcessKillPainfully, EBUSY).
+                Err(_) => Err(Error::System(format!(
+                    "Failed to terminate process {pid} with SIG{}: Device or resource busy",
+                    if msg.graceful { "TERM" } else { "KILL" }
                 ))),
             }
         })

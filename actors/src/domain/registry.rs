@@ -23,6 +23,7 @@ use crate::domain::index::{reason, DomainIndex, DomainState, DomainView};
 use crate::domain::qemu::{
     self, Kill, LaunchSpec, Launched, QemuVm, QmpCommand, VmNotice, VmNoticeKind,
 };
+use crate::domain::qmp::QmpClient;
 use crate::domain::store::{LiveRecord, Store};
 use crate::error::{Error, Result};
 use crate::events::{lifecycle as lc, Event, EventBus};
@@ -76,6 +77,8 @@ struct Live {
     destroying: bool,
     fake_reboot: bool,
     pty_paths: Vec<String>,
+    /// The VNC port QEMU listens on, from query-vnc.
+    vnc_port: Option<u16>,
 }
 
 struct Entry {
@@ -90,7 +93,28 @@ struct Entry {
     live: Option<Live>,
     /// The state-changing operation in progress, if any.
     job: Option<&'static str>,
+    /// Set while the QEMU a previous daemon left running is re-attached.
+    recovering: Option<Recovering>,
+    /// The pid of the QEMU being started (0 until spawned), while the
+    /// start job runs.
+    starting: Option<Arc<std::sync::atomic::AtomicI32>>,
 }
+
+/// A running domain as its live record describes it, shown (running, with
+/// its id and pid) until its QEMU is re-attached or known to be gone.
+struct Recovering {
+    id: i32,
+    pid: i32,
+    def: DomainDef,
+    /// A destroy killed the QEMU meanwhile: its end is reported as such.
+    destroyed: bool,
+}
+
+/// The job name of a domain being re-attached after a restart.
+const REATTACH_JOB: &str = "reattach";
+/// How long a SIGKILLed QEMU may take to vanish before recovery gives up
+/// waiting (and reports the domain off regardless).
+const RECOVERY_KILL_WAIT: Duration = Duration::from_secs(5);
 
 impl Entry {
     /// A shut-off domain as it is first known to the registry.
@@ -104,6 +128,8 @@ impl Entry {
             reason: reason::SHUTOFF_UNKNOWN,
             live: None,
             job: None,
+            recovering: None,
+            starting: None,
         }
     }
 }
@@ -117,6 +143,14 @@ pub struct Registry {
     domains: HashMap<Uuid, Entry>,
     next_id: i32,
     next_run: u64,
+}
+
+/// The TCP port of a `query-vnc` answer (`"service": "5901"`).
+fn vnc_port_of(v: &serde_json::Value) -> Option<u16> {
+    if v.get("enabled").and_then(|e| e.as_bool()) != Some(true) {
+        return None;
+    }
+    v.get("service")?.as_str()?.parse().ok()
 }
 
 fn xml_error(e: DomainXmlError) -> Error {
@@ -156,19 +190,38 @@ impl Registry {
             self.index.remove(uuid);
             return Arc::new(placeholder_view(*uuid));
         };
-        let running_def = e.live.as_ref().map(|l| &l.def).unwrap_or(&e.def);
-        let live_xml = e.live.as_ref().map(|l| LiveXml {
-            id: l.id,
-            pty_paths: l.pty_paths.clone(),
-            vnc_port: None,
-        });
+        let recovering = e.recovering.as_ref().filter(|_| e.live.is_none());
+        let running_def = e
+            .live
+            .as_ref()
+            .map(|l| &l.def)
+            .or(recovering.map(|r| &r.def))
+            .unwrap_or(&e.def);
+        let live_xml = e
+            .live
+            .as_ref()
+            .map(|l| LiveXml {
+                id: l.id,
+                pty_paths: l.pty_paths.clone(),
+                vnc_port: l.vnc_port,
+            })
+            .or(recovering.map(|r| LiveXml {
+                id: r.id,
+                pty_paths: Vec::new(),
+                vnc_port: None,
+            }));
+        let active = e.live.is_some() || recovering.is_some();
         let xml: Arc<str> = Arc::from(running_def.to_xml(live_xml.as_ref()));
-        let inactive_xml =
-            (e.live.is_some() && e.persistent).then(|| Arc::from(e.def.to_xml(None)));
+        let inactive_xml = (active && e.persistent).then(|| Arc::from(e.def.to_xml(None)));
         let view = DomainView {
             name: e.def.name.clone(),
             uuid: *uuid,
-            id: e.live.as_ref().map(|l| l.id).unwrap_or(-1),
+            id: e
+                .live
+                .as_ref()
+                .map(|l| l.id)
+                .or(recovering.map(|r| r.id))
+                .unwrap_or(-1),
             state: e.state,
             reason: e.reason,
             persistent: e.persistent,
@@ -179,7 +232,7 @@ impl Registry {
             vcpus: running_def.current_vcpus,
             max_vcpus: running_def.vcpus,
             os_type: "hvm".into(),
-            pid: e.live.as_ref().map(|l| l.pid),
+            pid: e.live.as_ref().map(|l| l.pid).or(recovering.map(|r| r.pid)),
             xml,
             inactive_xml,
         };
@@ -369,6 +422,7 @@ impl Registry {
                 qmp_socket,
                 log_file,
                 qmp_timeout,
+                spawned_pid: Arc::default(),
             },
             def,
         ))
@@ -388,6 +442,7 @@ impl Registry {
         let id = self.next_id;
         self.next_id += 1;
         let pid = launched.pid;
+        let def_has_vnc = def.devices.graphics.is_some();
         let qmp = launched.qmp.clone();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let qmp_socket = self.store.qmp_socket(&uuid);
@@ -410,6 +465,7 @@ impl Registry {
             destroying: false,
             fake_reboot: false,
             pty_paths: Vec::new(),
+            vnc_port: None,
         });
         if paused {
             e.state = DomainState::Paused;
@@ -425,12 +481,35 @@ impl Registry {
         if paused {
             self.lifecycle(&uuid, lc::SUSPENDED, lc::SUSPENDED_PAUSED);
         }
-        // Serial pty paths are only known once QEMU runs.
-        let fut = async move { qmp.execute("query-chardev", None).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-            let Ok(list) = res else { return };
-            let mut ptys: Vec<(String, String)> = list
-                .as_array()
+        self.query_runtime_devices(uuid, run, qmp, def_has_vnc, ctx);
+        Ok(v)
+    }
+
+    /// Serial pty paths and the VNC port QEMU picked (autoport) are only
+    /// known once QEMU runs: asked after a start and after a re-attach.
+    fn query_runtime_devices(
+        &mut self,
+        uuid: Uuid,
+        run: u64,
+        qmp: QmpClient,
+        wants_vnc: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let fut = async move {
+            let chardevs = qmp.execute("query-chardev", None).await;
+            let vnc = if wants_vnc {
+                qmp.execute("query-vnc", None).await.ok()
+            } else {
+                None
+            };
+            (chardevs, vnc)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(res, vnc), act, _| {
+            let vnc_port = vnc.as_ref().and_then(vnc_port_of);
+            let mut ptys: Vec<(String, String)> = res
+                .ok()
+                .as_ref()
+                .and_then(|l| l.as_array())
                 .into_iter()
                 .flatten()
                 .filter_map(|c| {
@@ -443,11 +522,11 @@ impl Registry {
             if let Some(live) = act.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) {
                 if live.run == run {
                     live.pty_paths = ptys.into_iter().map(|(_, f)| f).collect();
+                    live.vnc_port = vnc_port;
                     act.publish(&uuid);
                 }
             }
         }));
-        Ok(v)
     }
 
     fn save_live(&self, uuid: &Uuid) {
@@ -464,6 +543,7 @@ impl Registry {
             xml: l.def.to_xml(None),
             persistent: e.persistent,
             got_shutdown: l.got_shutdown,
+            paused: e.state == DomainState::Paused,
         };
         if let Err(e) = self.store.save_live(&rec) {
             error!("cannot record running domain: {e}");
@@ -504,8 +584,13 @@ impl Registry {
             // Same state: keep the reason that brought the domain there.
             return false;
         }
+        let paused_changed = (e.state == DomainState::Paused) != (state == DomainState::Paused);
         e.state = state;
         e.reason = why;
+        if paused_changed && e.live.is_some() {
+            // A restarted daemon shows this until it can ask QEMU.
+            self.save_live(uuid);
+        }
         self.publish(uuid);
         true
     }
@@ -655,8 +740,11 @@ impl Registry {
         self.stopped(&uuid, run, state_reason, detail);
     }
 
-    /// Re-attaches to QEMUs a previous daemon left running and loads the
-    /// saved definitions. Runs once, before the registry takes calls.
+    /// Loads the saved definitions and starts re-attaching to the QEMUs a
+    /// previous daemon left running. The re-attachments run concurrently,
+    /// each with its own deadline, while the registry already serves; a
+    /// domain being re-attached is shown running (it is, as far as anyone
+    /// knows) and its operations are refused with a clear error meanwhile.
     fn recover(&mut self, ctx: &mut Context<Self>) {
         for (uuid, xml, autostart) in self.store.load_definitions() {
             match DomainDef::parse(&xml) {
@@ -675,6 +763,7 @@ impl Registry {
         }
         // A QEMU with a pid file but no live record was being started when
         // the previous daemon died: nobody asked for it to run, so it goes.
+        // (The directory lock guarantees no live daemon is starting it.)
         for (uuid, pid) in self.store.pidfiles() {
             if records.iter().any(|r| r.uuid == uuid) {
                 continue;
@@ -685,9 +774,15 @@ impl Registry {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                // The domain is listed shut off: make that true first.
+                let until = Instant::now() + Duration::from_secs(1);
+                while qemu::pid_alive(pid) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             self.store.delete_live(&uuid);
         }
+        let deadline = Duration::from_millis(self.settings.qmp_timeout_ms);
         for rec in records {
             if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");
@@ -713,52 +808,114 @@ impl Registry {
                 .domains
                 .entry(rec.uuid)
                 .or_insert_with(|| Entry::inactive(def.clone(), false, false));
-            entry.job = Some("reattach");
-            let timeout = Duration::from_millis(self.settings.qmp_timeout_ms);
+            entry.job = Some(REATTACH_JOB);
+            entry.state = if rec.got_shutdown {
+                DomainState::Shutdown
+            } else if rec.paused {
+                DomainState::Paused
+            } else {
+                DomainState::Running
+            };
+            entry.reason = 0;
+            entry.recovering = Some(Recovering {
+                id: rec.id,
+                pid: rec.pid,
+                def: def.clone(),
+                destroyed: false,
+            });
+            self.publish(&rec.uuid);
             let rec2 = rec.clone();
             let fut = async move {
-                let launched = qemu::attach(rec2.pid, &rec2.qmp_socket, timeout).await?;
-                let status = launched.qmp.execute("query-status", None).await.ok();
-                Ok::<_, Error>((launched, status))
+                // One deadline for the whole re-attachment of this domain;
+                // the others run alongside and are not held up by it.
+                let attach = async {
+                    let launched = qemu::attach(rec2.pid, &rec2.qmp_socket, deadline).await?;
+                    let status = launched.qmp.execute("query-status", None).await.ok();
+                    Ok::<_, Error>((launched, status))
+                };
+                match tokio::time::timeout(deadline, attach).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout("QEMU monitor did not answer in time".into())),
+                }
             };
-            ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-                act.reattached(rec, def, res, ctx);
-            }));
+            ctx.spawn(
+                fut.into_actor(self)
+                    .then(move |res, act, ctx| act.reattached(rec, def, res, ctx)),
+            );
         }
     }
 
+    /// Finishes the re-attachment of one domain: supervise it, or, when
+    /// its monitor cannot be reached, kill the QEMU (nothing could control
+    /// it) and report the domain off once the process is really gone.
     fn reattached(
         &mut self,
         rec: LiveRecord,
         def: DomainDef,
         res: Result<(Launched, Option<serde_json::Value>)>,
         ctx: &mut Context<Self>,
-    ) {
+    ) -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> {
         let uuid = rec.uuid;
-        let Some(e) = self.domains.get_mut(&uuid) else {
-            return;
+        let done = || -> std::pin::Pin<Box<dyn ActorFuture<Self, Output = ()>>> {
+            Box::pin(fut::ready(()))
         };
-        e.job = None;
+        if !self.domains.contains_key(&uuid) {
+            return done();
+        }
         let (launched, status) = match res {
             Ok(x) => x,
             Err(err) => {
                 error!(domain = %rec.name, "cannot re-attach to QEMU pid {}: {err}", rec.pid);
                 // A QEMU we cannot control must not linger unseen.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(rec.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                self.store.delete_live(&uuid);
-                if !e.persistent {
-                    self.domains.remove(&uuid);
+                let pid = rec.pid;
+                if qemu::is_our_qemu(pid, &uuid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
-                self.publish(&uuid);
-                return;
+                let destroyed = self
+                    .domains
+                    .get(&uuid)
+                    .and_then(|e| e.recovering.as_ref())
+                    .is_some_and(|r| r.destroyed);
+                let gone = async move {
+                    let until = Instant::now() + RECOVERY_KILL_WAIT;
+                    while qemu::pid_alive(pid) && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                return Box::pin(gone.into_actor(self).map(move |_, act, _| {
+                    act.store.delete_live(&uuid);
+                    let Some(e) = act.domains.get_mut(&uuid) else {
+                        return;
+                    };
+                    e.job = None;
+                    e.recovering = None;
+                    e.state = DomainState::Shutoff;
+                    // Otherwise libvirt's reason when the monitor of a QEMU
+                    // run with -no-shutdown cannot be reached again.
+                    let (why, detail) = if destroyed {
+                        (reason::SHUTOFF_DESTROYED, lc::STOPPED_DESTROYED)
+                    } else {
+                        (reason::SHUTOFF_CRASHED, lc::STOPPED_FAILED)
+                    };
+                    e.reason = why;
+                    let persistent = e.persistent;
+                    act.publish(&uuid);
+                    act.lifecycle(&uuid, lc::STOPPED, detail);
+                    if !persistent {
+                        act.domains.remove(&uuid);
+                        act.index.remove(&uuid);
+                    }
+                }));
             }
         };
         let run = self.next_run;
         self.next_run += 1;
         let pid = launched.pid;
+        let qmp = launched.qmp.clone();
+        let wants_vnc = def.devices.graphics.is_some();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let status = status
             .as_ref()
@@ -768,8 +925,12 @@ impl Registry {
             .to_owned();
         let Some(e) = self.domains.get_mut(&uuid) else {
             // Checked at the top; nothing in between removes entries.
-            return;
+            return done();
         };
+        e.job = None;
+        // Killed by a destroy after the monitor answered: the exit the
+        // watcher reports is that destroy's.
+        let destroying = e.recovering.take().is_some_and(|r| r.destroyed);
         let got_shutdown = rec.got_shutdown || status == "shutdown";
         e.live = Some(Live {
             id: rec.id,
@@ -779,9 +940,10 @@ impl Registry {
             pid,
             qmp_socket: rec.qmp_socket.clone(),
             got_shutdown,
-            destroying: false,
+            destroying,
             fake_reboot: false,
             pty_paths: Vec::new(),
+            vnc_port: None,
         });
         (e.state, e.reason) = match status.as_str() {
             "paused" | "prelaunch" => (DomainState::Paused, reason::PAUSED_USER),
@@ -790,12 +952,14 @@ impl Registry {
         };
         self.publish(&uuid);
         info!(domain = %rec.name, pid, id = rec.id, %status, "re-attached to running domain");
+        self.query_runtime_devices(uuid, run, qmp, wants_vnc, ctx);
         if got_shutdown {
             vm.do_send(QmpCommand {
                 command: "quit",
                 arguments: None,
             });
         }
+        done()
     }
 
     fn autostart(&mut self, ctx: &mut Context<Self>) {
@@ -823,6 +987,58 @@ impl Registry {
         }
     }
 
+    /// Parses `xml` and checks it against its emulator (machine type,
+    /// arch, virt type), as libvirt does before a define or a create.
+    fn validated(&self, xml: &str) -> impl ActorFuture<Self, Output = Result<()>> {
+        let host = self.host.clone();
+        let parsed = DomainDef::parse(xml).map_err(xml_error);
+        fut::wrap_future(async move { host.validate_definition(&parsed?).await })
+    }
+
+    fn create_xml(
+        &mut self,
+        xml: String,
+        paused: bool,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let ready =
+            |r: Result<Arc<DomainView>>| -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+                Box::pin(fut::ready(r))
+            };
+        let def = match DomainDef::parse(&xml).map_err(xml_error) {
+            Ok(d) => d,
+            Err(e) => return ready(Err(e)),
+        };
+        if let Err(e) = self.check_clash(&def) {
+            return ready(Err(e));
+        }
+        let uuid = def.uuid;
+        if let Some(e) = self.domains.get(&uuid) {
+            if e.live.is_some() || e.job.is_some() {
+                return ready(Err(Error::OperationInvalid(format!(
+                    "domain '{}' is already active",
+                    def.name
+                ))));
+            }
+        }
+        // A transient domain exists only while it runs: it is entered
+        // now and removed again if the start fails.
+        let existed = self.domains.contains_key(&uuid);
+        let live_def = existed.then(|| def.clone());
+        if !existed {
+            self.domains
+                .insert(uuid, Entry::inactive(def, false, false));
+        }
+        let f = self.start(uuid, paused, live_def, ctx);
+        Box::pin(f.map(move |res, act, _| {
+            if res.is_err() && !existed {
+                act.domains.remove(&uuid);
+                act.index.remove(&uuid);
+            }
+            res
+        }))
+    }
+
     fn run_op(
         &mut self,
         op: DomainOp,
@@ -833,43 +1049,20 @@ impl Registry {
                 Box::pin(fut::ready(r))
             };
         match op {
-            DomainOp::Define { xml } => ready(self.define(&xml)),
+            // libvirt checks a definition against its emulator before
+            // storing or starting anything.
+            DomainOp::Define { xml } => Box::pin(
+                self.validated(&xml)
+                    .map(move |res, act: &mut Self, _| res.and_then(|_| act.define(&xml))),
+            ),
             DomainOp::Undefine { uuid } => ready(self.undefine(&uuid)),
             DomainOp::SetAutostart { uuid, on } => ready(self.set_autostart(&uuid, on)),
-            DomainOp::CreateXml { xml, paused } => {
-                let def = match DomainDef::parse(&xml).map_err(xml_error) {
-                    Ok(d) => d,
-                    Err(e) => return ready(Err(e)),
-                };
-                if let Err(e) = self.check_clash(&def) {
-                    return ready(Err(e));
-                }
-                let uuid = def.uuid;
-                if let Some(e) = self.domains.get(&uuid) {
-                    if e.live.is_some() || e.job.is_some() {
-                        return ready(Err(Error::OperationInvalid(format!(
-                            "domain '{}' is already active",
-                            def.name
-                        ))));
-                    }
-                }
-                // A transient domain exists only while it runs: it is entered
-                // now and removed again if the start fails.
-                let existed = self.domains.contains_key(&uuid);
-                let live_def = existed.then(|| def.clone());
-                if !existed {
-                    self.domains
-                        .insert(uuid, Entry::inactive(def, false, false));
-                }
-                let f = self.start(uuid, paused, live_def, ctx);
-                Box::pin(f.map(move |res, act, _| {
-                    if res.is_err() && !existed {
-                        act.domains.remove(&uuid);
-                        act.index.remove(&uuid);
-                    }
-                    res
-                }))
-            }
+            DomainOp::CreateXml { xml, paused } => Box::pin(self.validated(&xml).then(
+                move |res, act: &mut Self, ctx| match res {
+                    Ok(()) => act.create_xml(xml, paused, ctx),
+                    Err(e) => Box::pin(fut::ready(Err(e))),
+                },
+            )),
             DomainOp::Start { uuid, paused } => self.start(uuid, paused, None, ctx),
             DomainOp::Shutdown { uuid } => self.qmp_op(uuid, "system_powerdown", |_| {}),
             DomainOp::Reboot { uuid } => {
@@ -939,6 +1132,7 @@ impl Registry {
         };
         if let Some(e) = self.domains.get_mut(&uuid) {
             e.job = Some("start");
+            e.starting = Some(spec.spawned_pid.clone());
         }
         let name = def.name.clone();
         info!(domain = %name, "starting domain");
@@ -975,6 +1169,7 @@ impl Registry {
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             if let Some(e) = act.domains.get_mut(&uuid) {
                 e.job = None;
+                e.starting = None;
             }
             match res {
                 Ok(launched) => act.started(uuid, def, launched, paused, ctx),
@@ -1070,7 +1265,7 @@ impl Actor for Registry {
             error!("{e}");
         }
         self.recover(ctx);
-        // Autostart after re-attachment finished (ctx.wait above).
+        // Domains being re-attached hold a job, so autostart passes them by.
         ctx.run_later(Duration::ZERO, |act, ctx| act.autostart(ctx));
     }
 }
@@ -1084,6 +1279,82 @@ impl Handler<DomainOp> for Registry {
 }
 
 impl Registry {
+    /// A destroy of a domain whose QEMU is still starting does not wait for
+    /// the start: like libvirt's, it kills QEMU first (the start then fails
+    /// and the destroy finds the domain not running).
+    fn kill_starting(&mut self, uuid: &Uuid) {
+        let Some(cell) = self.domains.get(uuid).and_then(|e| e.starting.as_ref()) else {
+            return;
+        };
+        // Swapped to -1 so a destroy waiting in line kills only once.
+        let pid = cell.swap(-1, std::sync::atomic::Ordering::AcqRel);
+        if pid > 0 {
+            warn!(%uuid, pid, "destroying a domain that is still starting: killing its QEMU");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// A destroy of a domain being re-attached does not wait for the
+    /// monitor: it kills the recorded QEMU (after checking it is that
+    /// domain's), and recovery then reports the domain destroyed.
+    fn kill_recovering(&mut self, uuid: &Uuid) {
+        let Some(r) = self
+            .domains
+            .get_mut(uuid)
+            .and_then(|e| e.recovering.as_mut())
+        else {
+            return;
+        };
+        if std::mem::replace(&mut r.destroyed, true) {
+            return;
+        }
+        if qemu::is_our_qemu(r.pid, uuid) {
+            warn!(%uuid, pid = r.pid, "destroying a domain being re-attached: killing its QEMU");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(r.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Waits for the re-attachment a destroy cut short to end: the domain
+    /// is then off (success), or was re-attached just before the kill took
+    /// effect, and is destroyed the ordinary way.
+    fn destroy_recovering(
+        &mut self,
+        uuid: Uuid,
+        since: Instant,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Arc<DomainView>>> {
+        let Some(e) = self.domains.get(&uuid) else {
+            // A transient domain is gone with its QEMU.
+            return Box::pin(fut::ready(Ok(Arc::new(placeholder_view(uuid)))));
+        };
+        if e.job == Some(REATTACH_JOB) {
+            if since.elapsed() > JOB_WAIT {
+                return Box::pin(fut::ready(Err(Error::Timeout(
+                    "cannot acquire state change lock (held by recovery)".into(),
+                ))));
+            }
+            return Box::pin(
+                tokio::time::sleep(Duration::from_millis(10))
+                    .into_actor(self)
+                    .then(move |_, act, ctx| act.destroy_recovering(uuid, since, ctx)),
+            );
+        }
+        if e.live.is_some() {
+            let op = DomainOp::Destroy {
+                uuid,
+                graceful: false,
+            };
+            return self.queue_op(op, since, ctx);
+        }
+        Box::pin(fut::ready(self.view(&uuid)))
+    }
+
     /// Runs `op` once no other job holds its domain, waiting up to
     /// `JOB_WAIT` like libvirt's state change lock.
     fn queue_op(
@@ -1096,8 +1367,35 @@ impl Registry {
             .target()
             .and_then(|u| self.domains.get(&u))
             .and_then(|e| e.job);
+        if let (
+            DomainOp::Destroy {
+                uuid,
+                graceful: false,
+            },
+            Some("start"),
+        ) = (&op, busy)
+        {
+            self.kill_starting(uuid);
+        }
+        if let (
+            DomainOp::Destroy {
+                uuid,
+                graceful: false,
+            },
+            Some(REATTACH_JOB),
+        ) = (&op, busy)
+        {
+            let uuid = *uuid;
+            self.kill_recovering(&uuid);
+            return self.destroy_recovering(uuid, since, ctx);
+        }
         match busy {
             None => self.run_op(op, ctx),
+            // Not a wait behind a user's job but one of up to the monitor
+            // deadline: answer now, clearly, instead of blocking the caller.
+            Some(REATTACH_JOB) => Box::pin(fut::ready(Err(Error::Timeout(
+                "cannot acquire state change lock (held by recovery: the daemon is re-attaching to this domain's QEMU after a restart; try again shortly)".into(),
+            )))),
             Some(job) if since.elapsed() > JOB_WAIT => Box::pin(fut::ready(Err(Error::Timeout(
                 format!("cannot acquire state change lock (held by {job})"),
             )))),

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,27 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
+/// Mode of every file the daemon writes: definitions name disks and
+/// secrets' users, live records name monitor sockets; none is for others.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories the daemon owns.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Marks the temp files of `write_atomic`: `.<name>.tmp-<pid>`.
+const TMP_MARK: &str = ".tmp-";
+
+/// Creates `dir` (and its parents) with `DIR_MODE`, and tightens the mode
+/// of an existing one.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+}
+
 /// Writes `data` to `path` so that a crash leaves either the old or the
-/// new content, never a mix.
+/// new content, never a mix. A failed write removes its temp file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
@@ -21,14 +41,57 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
+    let tmp = dir.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        // A temp file left by an older daemon may have a wider mode.
+        f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
         f.write_all(data)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // A full disk must not leave one empty file per attempt behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
+}
+
+/// Removes the temp files interrupted atomic writes left in `dir` and
+/// narrows regular files an older daemon wrote with a wider mode; returns
+/// how many temp files went.
+pub fn tidy_dir(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') && name.contains(TMP_MARK) {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+            }
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE)) {
+                tracing::warn!("cannot narrow the mode of {}: {e}", path.display());
+            }
+        }
+    }
+    removed
 }
 
 fn remove_synced(path: &Path) -> std::io::Result<()> {
@@ -57,6 +120,10 @@ pub struct LiveRecord {
     /// A guest shutdown was already seen (QEMU waits for `quit`).
     #[serde(default)]
     pub got_shutdown: bool,
+    /// The CPUs were stopped: what a restarted daemon shows while it
+    /// re-attaches, before QEMU can be asked.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +172,10 @@ impl Store {
         self.state_dir.join("log").join(format!("{name}.log"))
     }
 
-    /// Creates the directories the daemon writes into.
+    /// Creates the directories the daemon writes into (owner only) and
+    /// removes what interrupted atomic writes left behind. Runs while the
+    /// daemon holds its directory lock, so no other daemon's write is
+    /// under way.
     pub fn prepare(&self) -> Result<(), Error> {
         for d in [
             self.state_dir.join("domains"),
@@ -115,7 +185,15 @@ impl Store {
             self.run_dir.join("qmp"),
             self.run_dir.join("pid"),
         ] {
-            fs::create_dir_all(&d).map_err(|e| io_err("create directory", &d, e))?;
+            private_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+            let removed = tidy_dir(&d);
+            if removed > 0 {
+                tracing::info!(
+                    dir = %d.display(),
+                    removed,
+                    "removed temp files of interrupted writes"
+                );
+            }
         }
         Ok(())
     }
@@ -254,6 +332,7 @@ mod tests {
             xml: "<domain/>".into(),
             persistent: true,
             got_shutdown: false,
+            paused: false,
         };
         s.save_live(&rec).unwrap();
         fs::write(d.path().join("run/live/bad.json"), b"{").unwrap();
@@ -270,5 +349,48 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, FILE_MODE);
+    }
+
+    #[test]
+    fn failed_write_leaves_no_temp_file() {
+        let d = tempfile::tempdir().unwrap();
+        // Renaming a file over a non-empty directory fails after the data
+        // was written: the temp file must go with the error.
+        let target = d.path().join("dir");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inside"), b"x").unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("dir")]);
+    }
+
+    #[test]
+    fn prepare_removes_stale_temp_files_and_tightens_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("state"), d.path().join("run"));
+        fs::create_dir_all(d.path().join("state/domains")).unwrap();
+        fs::set_permissions(
+            d.path().join("state/domains"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let stale = d.path().join("state/domains/.x.xml.tmp-123");
+        fs::write(&stale, b"").unwrap();
+        let keep = d.path().join("state/domains/x.xml");
+        fs::write(&keep, b"<domain/>").unwrap();
+        fs::set_permissions(&keep, fs::Permissions::from_mode(0o644)).unwrap();
+        s.prepare().unwrap();
+        assert!(!stale.exists());
+        assert!(keep.exists());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keep), FILE_MODE);
+        assert_eq!(mode(&d.path().join("state/domains")), DIR_MODE);
+        assert_eq!(mode(&d.path().join("run/live")), DIR_MODE);
     }
 }

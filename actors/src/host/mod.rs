@@ -1,14 +1,24 @@
-//! Facts about the host, gathered once at start-up: the QEMU binary and its
-//! version, whether KVM is usable, the CPU and memory, the capabilities XML.
+//! Facts about the host: the QEMU binary and its version, whether KVM is
+//! usable, the CPU and memory (gathered at start-up); what each emulator
+//! can do (`probe`, asked of QEMU on first need and cached); the
+//! capabilities documents and define-time checks built from it (`caps`);
+//! CPU models (`cpu`); node statistics read from the kernel (`node`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qemud_config::domain::esc as xml_escape;
 use qemud_protocol::remote::NodeGetInfoRet;
 
+pub mod caps;
+pub mod cpu;
+pub mod node;
+pub mod probe;
 pub mod procedures;
+
+use std::sync::Arc;
+
+use probe::ProbeCache;
 
 /// qemud reports itself as this libvirt library version (9.0.0), the API
 /// level whose wire behaviour it follows.
@@ -20,12 +30,13 @@ pub struct HostInfo {
     /// `major * 1_000_000 + minor * 1_000 + micro`, 0 when unknown.
     pub qemu_version: u64,
     pub kvm: bool,
-    pub machines: Vec<String>,
     pub cpu_model: String,
     pub cpus: u32,
     pub mhz: u32,
     pub memory_kib: u64,
     pub host_uuid: String,
+    /// What each emulator can do, probed over QMP on first need.
+    pub probes: Arc<ProbeCache>,
 }
 
 /// Finds the QEMU binary: the configured one, else the first of the usual
@@ -106,18 +117,6 @@ fn host_uuid() -> String {
     }
 }
 
-fn list_machines(emulator: &Path) -> Vec<String> {
-    let out = Command::new(emulator).args(["-machine", "help"]).output();
-    let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|m| *m != "none")
-        .map(str::to_owned)
-        .collect()
-}
-
 impl HostInfo {
     /// Probes the host. A missing QEMU is not fatal: the daemon still
     /// answers host queries and fails domain starts with a clear error.
@@ -135,7 +134,7 @@ impl HostInfo {
             .map(|n| n.get() as u32)
             .unwrap_or(1);
         HostInfo {
-            machines: list_machines(&emulator),
+            probes: Arc::new(ProbeCache::default()),
             emulator,
             qemu_version,
             kvm: kvm_usable(),
@@ -164,51 +163,6 @@ impl HostInfo {
             threads: 1,
         }
     }
-
-    /// The capabilities XML (`virsh capabilities`).
-    pub fn capabilities_xml(&self) -> String {
-        let mut x = String::new();
-        x.push_str("<capabilities>\n\n  <host>\n");
-        x.push_str(&format!("    <uuid>{}</uuid>\n", self.host_uuid));
-        x.push_str("    <cpu>\n      <arch>x86_64</arch>\n");
-        x.push_str(&format!(
-            "      <topology sockets='1' dies='1' cores='{}' threads='1'/>\n",
-            self.cpus
-        ));
-        x.push_str("    </cpu>\n");
-        x.push_str("    <power_management/>\n    <iommu support='no'/>\n");
-        x.push_str("    <migration_features>\n      <live/>\n    </migration_features>\n");
-        x.push_str("    <topology>\n      <cells num='1'>\n        <cell id='0'>\n");
-        x.push_str(&format!(
-            "          <memory unit='KiB'>{}</memory>\n",
-            self.memory_kib
-        ));
-        x.push_str(&format!("          <cpus num='{}'>\n", self.cpus));
-        for i in 0..self.cpus {
-            x.push_str(&format!(
-                "            <cpu id='{i}' socket_id='0' die_id='0' core_id='{i}' siblings='{i}'/>\n"
-            ));
-        }
-        x.push_str("          </cpus>\n        </cell>\n      </cells>\n    </topology>\n");
-        x.push_str("  </host>\n\n  <guest>\n    <os_type>hvm</os_type>\n");
-        x.push_str("    <arch name='x86_64'>\n      <wordsize>64</wordsize>\n");
-        x.push_str(&format!(
-            "      <emulator>{}</emulator>\n",
-            xml_escape(&self.emulator.to_string_lossy())
-        ));
-        for m in &self.machines {
-            x.push_str(&format!("      <machine>{}</machine>\n", xml_escape(m)));
-        }
-        x.push_str("      <domain type='qemu'/>\n");
-        if self.kvm {
-            x.push_str("      <domain type='kvm'/>\n");
-        }
-        x.push_str("    </arch>\n    <features>\n      <acpi default='on' toggle='yes'/>\n");
-        x.push_str("      <apic default='on' toggle='no'/>\n      <cpuselection/>\n");
-        x.push_str("      <deviceboot/>\n      <disksnapshot default='on' toggle='no'/>\n");
-        x.push_str("    </features>\n  </guest>\n\n</capabilities>\n");
-        x
-    }
 }
 
 #[cfg(test)]
@@ -229,28 +183,18 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_are_well_formed() {
+    fn node_info_reports_the_arch() {
         let h = HostInfo {
             emulator: "/usr/bin/qemu-system-x86_64".into(),
             qemu_version: 7_002_000,
             kvm: true,
-            machines: vec!["pc".into(), "q35".into()],
             cpu_model: "x".into(),
             cpus: 2,
             mhz: 1000,
             memory_kib: 1024,
             host_uuid: "00000000-0000-0000-0000-000000000001".into(),
+            probes: Default::default(),
         };
-        let xml = h.capabilities_xml();
-        let doc = roxml_check(&xml);
-        assert!(doc);
-        assert!(xml.contains("<domain type='kvm'/>"));
         assert_eq!(h.node_info().model[0], b'x' as i8);
-    }
-
-    fn roxml_check(xml: &str) -> bool {
-        // Balanced tags are enough here; the config crate owns real parsing.
-        xml.matches("<guest>").count() == xml.matches("</guest>").count()
-            && xml.starts_with("<capabilities>")
     }
 }

@@ -3,12 +3,14 @@
 //! its own future (so replies may leave out of order, matched by serial),
 //! and forwards domain events the client subscribed to.
 //!
-//! Writes go through a bounded queue to a writer task: a client that stops
-//! reading fills its queue and is disconnected, instead of growing the
-//! daemon's memory or holding up anyone else.
+//! Writes go through a queue to a writer task, with a byte budget per
+//! client and one over all clients (see [`Budget`]): a client that stops
+//! reading is no longer read from once its budget is used up, and is
+//! disconnected if it stays so, instead of growing the daemon's memory or
+//! holding up anyone else.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,163 @@ use crate::events::{Event, Family, ObjectKey, Subscribe, Unsubscribe};
 use crate::Services;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Bytes queued for all clients together (replies and events not yet
+/// written, calls read and not yet run).
+static TOTAL_QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes queued for all clients right now.
+pub fn total_queued_bytes() -> usize {
+    TOTAL_QUEUED.load(Ordering::Relaxed)
+}
+
+/// A connection whose queue peaked above this asks for freed memory to go
+/// back to the system once it is gone.
+const TRIM_AFTER_PEAK: usize = 1024 * 1024;
+
+/// How long replies queued to a departed client may still take to leave.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
+
+/// One client's share of the daemon's memory, shared by the connection
+/// actor, its writer task and the gate in front of its reader.
+///
+/// The gate stops reading from the client while its queue is over its own
+/// budget, while calls it sent wait for a free slot, or while the global
+/// budget is used up and this client has something queued. Replies are
+/// always queued (their number is bounded by the gate: no call is read that
+/// could produce one beyond it), so a reply larger than the budget still
+/// goes out, alone. Events are not gated by anything the client does, so
+/// a client whose queue reaches twice its budget (or `max_queued_messages`
+/// packets) through them is dropped at once.
+struct Budget {
+    /// Bytes of this client: packets queued or being written, and calls
+    /// waiting for a slot.
+    queued: AtomicUsize,
+    /// Packets queued or being written.
+    packets: AtomicUsize,
+    /// Calls read and waiting for a slot.
+    waiting_calls: AtomicUsize,
+    /// Packets the writer finished, to tell a slow reader from a stalled one.
+    written: AtomicU64,
+    /// The largest `queued` seen.
+    peak: AtomicUsize,
+    limit: usize,
+    total_limit: usize,
+    max_packets: usize,
+    max_waiting_calls: usize,
+    /// The writer gave up (the client went away): read again, so the
+    /// reader sees the end of the stream and the connection ends.
+    writer_gone: AtomicBool,
+    /// Woken whenever the queue shrinks or the writer gives up.
+    drained: tokio::sync::Notify,
+}
+
+impl Budget {
+    fn new(settings: &qemud_config::settings::Settings) -> Budget {
+        Budget {
+            queued: AtomicUsize::new(0),
+            packets: AtomicUsize::new(0),
+            waiting_calls: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
+            peak: AtomicUsize::new(0),
+            limit: settings.max_client_queue_bytes,
+            total_limit: settings.max_total_queue_bytes,
+            max_packets: settings.max_queued_messages.max(16),
+            max_waiting_calls: settings.max_client_requests.max(1),
+            writer_gone: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn add(&self, bytes: usize) {
+        let now = self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        TOTAL_QUEUED.fetch_add(bytes, Ordering::AcqRel);
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        TOTAL_QUEUED.fetch_sub(bytes, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    fn over_own(&self) -> bool {
+        self.queued() > self.limit
+    }
+
+    /// Whether the gate holds the client's next call back.
+    fn closed(&self) -> bool {
+        if self.writer_gone.load(Ordering::Acquire) {
+            return false;
+        }
+        let queued = self.queued();
+        queued > self.limit
+            || self.packets.load(Ordering::Acquire) >= self.max_packets
+            || self.waiting_calls.load(Ordering::Acquire) >= self.max_waiting_calls
+            || (queued > 0 && TOTAL_QUEUED.load(Ordering::Acquire) > self.total_limit)
+    }
+
+    /// Whether an event of `bytes` may still be queued.
+    fn event_fits(&self, bytes: usize) -> bool {
+        let queued = self.queued();
+        queued == 0
+            || (queued + bytes <= self.limit.saturating_mul(2)
+                && self.packets.load(Ordering::Acquire) < self.max_packets
+                && TOTAL_QUEUED.load(Ordering::Acquire) + bytes
+                    <= self.total_limit.saturating_mul(2))
+    }
+
+    /// Resolves once the client may be read from again.
+    async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so no wake-up falls in between.
+            drained.as_mut().enable();
+            if !self.closed() {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // Packets still queued when the client went are freed with it.
+        TOTAL_QUEUED.fetch_sub(*self.queued.get_mut(), Ordering::AcqRel);
+    }
+}
+
+fn packet_bytes(packet: &Packet) -> usize {
+    packet.body.len() + 28
+}
+
+/// Hands memory freed by departed clients back to the system. glibc keeps
+/// freed heap in its arenas (the issue: 1 GiB stayed after lazy clients
+/// left); `malloc_trim` returns it. Runs once, a moment after the last of a
+/// burst of departures.
+fn schedule_trim() {
+    static SCHEDULED: AtomicBool = AtomicBool::new(false);
+    if SCHEDULED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    actix_rt::spawn(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        SCHEDULED.store(false, Ordering::Release);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: malloc_trim only walks and shrinks the allocator's
+            // own free lists; it has no preconditions.
+            let released = unsafe { libc::malloc_trim(0) };
+            debug!(released, "returned freed memory to the system");
+        }
+    });
+}
 
 /// One of the daemon's `max_clients` places, held by a connection for its
 /// whole life and given back when the connection actor is dropped.
@@ -124,7 +283,14 @@ pub struct Connection {
     pub(crate) peer: PeerInfo,
     pub(crate) read_only: bool,
     pub(crate) opened: bool,
-    out: mpsc::Sender<Packet>,
+    out: mpsc::UnboundedSender<Packet>,
+    /// The task writing `out` to the socket. It holds the socket (and what
+    /// is queued) while a client does not read, so it is ended shortly
+    /// after the connection.
+    writer_task: Option<tokio::task::JoinHandle<()>>,
+    budget: Arc<Budget>,
+    /// Since when the client has been over its budget without reading.
+    stalled_since: Option<(Instant, u64)>,
     callbacks: HashMap<i32, Callback>,
     next_callback_id: i32,
     subscribed: bool,
@@ -146,26 +312,62 @@ impl Connection {
     {
         let codec = RpcCodec::with_max_message(svc.settings.max_message_bytes);
         let (reader, writer) = tokio::io::split(stream);
-        let (out, mut rx) = mpsc::channel::<Packet>(svc.settings.max_queued_messages.max(16));
-        actix_rt::spawn(async move {
+        // Counted in bytes by `Budget`, so the channel itself is unbounded.
+        let (out, mut rx) = mpsc::unbounded_channel::<Packet>();
+        let budget = Arc::new(Budget::new(&svc.settings));
+        let writer_budget = budget.clone();
+        let writer_task = actix_rt::spawn(async move {
+            let budget = writer_budget;
             let mut sink = FramedWrite::new(writer, codec);
+            // The packets fed to the sink that may still sit in its buffer.
+            // Feeding a packet first writes out whatever the buffer held
+            // beyond its small backpressure boundary, so once a feed
+            // returns, the packets fed before it have left (within a few
+            // KiB): the count follows the stream even when the queue never
+            // runs empty.
+            let mut held = (0usize, 0usize);
+            let release = |held: &mut (usize, usize)| {
+                let (bytes, packets) = std::mem::take(held);
+                if packets > 0 {
+                    budget.packets.fetch_sub(packets, Ordering::AcqRel);
+                    budget.written.fetch_add(packets as u64, Ordering::AcqRel);
+                    budget.sub(bytes);
+                }
+            };
             while let Some(packet) = rx.recv().await {
+                let bytes = packet_bytes(&packet);
                 if let Err(e) = sink.feed(packet).await {
                     debug!("client write failed: {e}");
                     break;
                 }
+                release(&mut held);
+                held = (bytes, 1);
                 // Batch what is already queued into one flush.
                 if rx.is_empty() {
                     if let Err(e) = sink.flush().await {
                         debug!("client flush failed: {e}");
                         break;
                     }
+                    release(&mut held);
                 }
             }
+            budget.writer_gone.store(true, Ordering::Release);
+            budget.drained.notify_waiters();
         });
+        // The gate: the next frame is read only while the budget has room.
+        let gate = budget.clone();
+        let frames = futures::stream::unfold(
+            (FramedRead::new(reader, codec), gate),
+            |(mut frames, gate)| async move {
+                gate.room().await;
+                let item = futures::StreamExt::next(&mut frames).await?;
+                Some((item, (frames, gate)))
+            },
+        );
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         Connection::create(move |ctx| {
-            ctx.add_stream(FramedRead::new(reader, codec));
+            ctx.add_stream(frames);
+            ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_stall(ctx));
             Connection {
                 id,
                 read_only: peer.read_only_socket,
@@ -173,6 +375,9 @@ impl Connection {
                 peer,
                 opened: false,
                 out,
+                writer_task: Some(writer_task),
+                budget,
+                stalled_since: None,
                 callbacks: HashMap::new(),
                 next_callback_id: 0,
                 subscribed: false,
@@ -185,25 +390,68 @@ impl Connection {
         })
     }
 
-    /// Queues a packet; a client whose queue is full is dropped.
+    /// Queues a reply (or a keepalive answer): always accepted, since the
+    /// gate bounds how many the client can have coming.
     fn send(&mut self, packet: Packet, ctx: &mut Context<Self>) {
-        match self.out.try_send(packet) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(
-                    conn = self.id,
-                    peer = %self.peer.description,
-                    "client is not reading its messages; disconnecting it"
-                );
-                ctx.stop();
+        let bytes = packet_bytes(&packet);
+        self.budget.add(bytes);
+        self.budget.packets.fetch_add(1, Ordering::AcqRel);
+        if self.out.send(packet).is_err() {
+            ctx.stop();
+        }
+    }
+
+    /// Queues an event; a client whose queue is far over its budget is
+    /// not reading, and is dropped.
+    fn send_event(&mut self, packet: Packet, ctx: &mut Context<Self>) {
+        if !self.budget.event_fits(packet_bytes(&packet)) {
+            warn!(
+                conn = self.id,
+                peer = %self.peer.description,
+                queued_bytes = self.budget.queued(),
+                "client is not reading its messages; disconnecting it"
+            );
+            ctx.stop();
+            return;
+        }
+        self.send(packet, ctx);
+    }
+
+    /// Drops a client that stayed over its budget without reading a byte
+    /// for `client_stall_timeout_ms`.
+    fn check_stall(&mut self, ctx: &mut Context<Self>) {
+        if !self.budget.over_own() {
+            self.stalled_since = None;
+            return;
+        }
+        let written = self.budget.written.load(Ordering::Acquire);
+        match self.stalled_since {
+            Some((_, w)) if w != written => self.stalled_since = Some((Instant::now(), written)),
+            Some((since, _)) => {
+                let limit = Duration::from_millis(self.svc.settings.client_stall_timeout_ms);
+                if since.elapsed() >= limit {
+                    warn!(
+                        conn = self.id,
+                        peer = %self.peer.description,
+                        queued_bytes = self.budget.queued(),
+                        "client is not reading its messages; disconnecting it"
+                    );
+                    ctx.stop();
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+            None => self.stalled_since = Some((Instant::now(), written)),
         }
     }
 
     fn reply(&mut self, call: Header, result: Result<Vec<u8>>, ctx: &mut Context<Self>) {
         let packet = match result {
-            Ok(body) => Packet::new(call.reply_to(MessageStatus::Ok), body),
+            Ok(mut body) => {
+                // The encoder grows its buffer by doubling; queued, the
+                // slack would count for nothing yet hold up to as much
+                // memory again.
+                body.shrink_to_fit();
+                Packet::new(call.reply_to(MessageStatus::Ok), body)
+            }
             Err(e) => {
                 debug!(
                     conn = self.id,
@@ -293,6 +541,8 @@ impl Connection {
                 ctx.stop();
                 return;
             }
+            self.budget.add(body.len());
+            self.budget.waiting_calls.fetch_add(1, Ordering::AcqRel);
             self.waiting.push_back((h, body));
             return;
         }
@@ -321,6 +571,8 @@ impl Connection {
             act.in_flight -= 1;
             act.reply(h, result, ctx);
             if let Some((next, body)) = act.waiting.pop_front() {
+                act.budget.waiting_calls.fetch_sub(1, Ordering::AcqRel);
+                act.budget.sub(body.len());
                 act.run_call(next, body, ctx);
             }
         }));
@@ -426,6 +678,24 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // The last replies get a moment to leave; a client that does not
+        // read them then loses them along with its socket.
+        if let Some(mut writer) = self.writer_task.take() {
+            let trim = self.budget.peak.load(Ordering::Relaxed) > TRIM_AFTER_PEAK;
+            actix_rt::spawn(async move {
+                let finished = tokio::select! {
+                    _ = tokio::time::sleep(WRITER_GRACE) => false,
+                    _ = &mut writer => true,
+                };
+                if !finished {
+                    writer.abort();
+                    let _ = writer.await;
+                }
+                if trim {
+                    schedule_trim();
+                }
+            });
+        }
         if self.subscribed {
             self.svc.events.do_send(Unsubscribe {
                 connection: self.id,
@@ -469,7 +739,7 @@ impl actix::Handler<Event> for Connection {
             packets.extend(packet);
         }
         for p in packets {
-            self.send(p, ctx);
+            self.send_event(p, ctx);
         }
     }
 }
@@ -480,4 +750,102 @@ pub fn event_packet<T: serde::Serialize>(procedure: i32, body: &T) -> Result<Pac
         Header::message(program::REMOTE, program::REMOTE_VERSION, procedure),
         encode(body)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The global count is shared: these tests take turns with it.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn budget(limit: usize) -> Budget {
+        let settings = qemud_config::settings::Settings {
+            max_client_queue_bytes: limit,
+            // Other tests in this process may hold bytes in the global
+            // count: keep the global limit out of the way here.
+            max_total_queue_bytes: usize::MAX / 4,
+            max_client_requests: 2,
+            max_queued_messages: 100,
+            ..Default::default()
+        };
+        Budget::new(&settings)
+    }
+
+    #[test]
+    fn gate_closes_over_the_budget_and_opens_when_it_drains() {
+        let _turn = serial();
+        let b = budget(1000);
+        assert!(!b.closed());
+        b.add(600);
+        assert!(!b.closed());
+        b.add(600);
+        assert!(b.closed(), "1200 bytes queued with a 1000-byte budget");
+        b.sub(600);
+        assert!(!b.closed());
+        // Calls waiting for a slot close it too.
+        b.waiting_calls.store(2, Ordering::Release);
+        assert!(b.closed());
+        b.waiting_calls.store(0, Ordering::Release);
+        // So does a writer that is far behind in packets.
+        b.packets.store(100, Ordering::Release);
+        assert!(b.closed());
+        b.packets.store(0, Ordering::Release);
+        // ...unless the writer is gone: then reading finds the end.
+        b.add(5000);
+        b.writer_gone.store(true, Ordering::Release);
+        assert!(!b.closed());
+    }
+
+    #[test]
+    fn events_fit_up_to_twice_the_budget_and_alone_at_any_size() {
+        let _turn = serial();
+        let b = budget(1000);
+        assert!(b.event_fits(50_000), "an empty queue takes any one packet");
+        b.add(1500);
+        assert!(b.event_fits(500));
+        assert!(!b.event_fits(501));
+        b.sub(1500);
+        assert!(b.event_fits(50_000));
+    }
+
+    #[test]
+    fn a_dropped_budget_gives_its_bytes_back_to_the_global_count() {
+        let _turn = serial();
+        let before = total_queued_bytes();
+        let b = budget(1000);
+        b.add(12345);
+        b.sub(45);
+        assert_eq!(total_queued_bytes(), before + 12300);
+        drop(b);
+        assert_eq!(total_queued_bytes(), before);
+    }
+
+    #[test]
+    fn room_waits_for_the_queue_to_drain() {
+        let _turn = serial();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let b = Arc::new(budget(100));
+            b.add(500);
+            let waiter = {
+                let b = b.clone();
+                tokio::spawn(async move { b.room().await })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiter.is_finished());
+            b.sub(500);
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("woken")
+                .expect("joined");
+        });
+    }
 }
