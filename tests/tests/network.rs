@@ -263,6 +263,11 @@ fn nat_network_lifecycle_with_virsh() {
     let out = virsh_full(&uri, &["net-define", xml.to_str().unwrap()]);
     assert!(out.ok().contains("Network natnet defined"));
     events.expect("NETEVENT natnet DEFINED", 10);
+    // Definitions are private, like the domains'.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.join("state/networks")), 0o700);
+    assert_eq!(mode(dir.join("state/networks/natnet.xml")), 0o600);
     assert!(!d.has_link("qdbr7"));
 
     virsh(&uri, &["net-start", "natnet"]).ok();

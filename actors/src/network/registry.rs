@@ -426,7 +426,7 @@ impl NetworkRegistry {
             Ok(d) => d,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        if let Err(e) = std::fs::create_dir_all(&self.run_dir) {
+        if let Err(e) = crate::domain::store::private_dir(&self.run_dir) {
             return Box::pin(fut::ready(Err(Error::System(format!(
                 "cannot create {}: {e}",
                 self.run_dir.display()
@@ -677,9 +677,12 @@ impl NetworkRegistry {
     fn load(&mut self) {
         let first_run = !self.config_dir.exists();
         for d in [&self.config_dir, &self.autostart_dir, &self.run_dir] {
-            if let Err(e) = std::fs::create_dir_all(d) {
+            // Private, like the domains' files; temp files of interrupted
+            // writes go.
+            if let Err(e) = crate::domain::store::private_dir(d) {
                 error!("cannot create {}: {e}", d.display());
             }
+            crate::domain::store::tidy_dir(d);
         }
         if first_run {
             // As distributions ship it: defined, not started here (a
