@@ -32,6 +32,8 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     netcat-openbsd \
     iproute2 \
     pci.ids \
+    dnsmasq-base \
+    nftables \
     >/dev/null
 
 # Debian's other libvirt clients the compatibility tests drive: virt-install

@@ -41,6 +41,8 @@ pub struct Services {
     pub nodedevs: nodedev::NodeDevices,
     /// The storage driver, owner of every pool and volume.
     pub storage: Addr<storage::driver::StorageDriver>,
+    /// The network driver's registry (definitions and active networks).
+    pub networks: Addr<network::registry::NetworkRegistry>,
     /// The driver URI clients get from `virConnectGetURI`.
     pub uri: String,
 }

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// Domain type of the bench domains: kvm or qemu (default: kvm when /dev/kvm is usable).
     #[arg(long)]
     pub domain_type: Option<String>,
+    /// Start/destroy cycles of a NAT network (bridge, firewall, dnsmasq);
+    /// 0 skips. It creates links on the daemon's host: run the daemon in
+    /// a network namespace of its own.
+    #[arg(long, default_value_t = 0)]
+    pub networks: usize,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -342,6 +347,28 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
             crate::bench_stats::measure(&c, uri, a.stats_guests, a.stats_calls, &ty, &prefix)
                 .await?,
         );
+    }
+    // Virtual network start/destroy (opt-in: it changes host networking).
+    if a.networks > 0 {
+        let name = format!("{prefix}net");
+        if let Ok(n) = c.network_lookup(&name).await {
+            let _ = c.network_destroy(&n).await;
+            let _ = c.network_undefine(&n).await;
+        }
+        let xml = format!(
+            "<network><name>{name}</name><forward mode='nat'/><bridge name='qdbenchbr0'/>\
+             <ip address='10.253.0.1' prefix='24'><dhcp>\
+             <range start='10.253.0.2' end='10.253.0.254'/></dhcp></ip></network>"
+        );
+        let n = c.network_define(&xml).await?;
+        let (mut start, mut destroy) = (vec![], vec![]);
+        for _ in 0..a.networks {
+            start.push(timed(c.network_start(&n)).await?.0);
+            destroy.push(timed(c.network_destroy(&n)).await?.0);
+        }
+        c.network_undefine(&n).await?;
+        rows.push(row("network start (NAT, dnsmasq)", start, None));
+        rows.push(row("network destroy", destroy, None));
     }
     c.undefine(&probe).await?;
 

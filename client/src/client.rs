@@ -678,6 +678,125 @@ impl Client {
     }
 }
 
+/// Virtual networks.
+impl Client {
+    /// A network by name, or by UUID.
+    pub async fn network_lookup(&self, what: &str) -> Result<NonnullNetwork> {
+        let by_name: Result<NetworkLookupByNameRet> = self
+            .call(
+                NETWORK_LOOKUP_BY_NAME,
+                &NetworkLookupByNameArgs { name: what.into() },
+            )
+            .await;
+        match (by_name, uuid::Uuid::parse_str(what)) {
+            (Ok(r), _) => Ok(r.net),
+            (Err(_), Ok(u)) => {
+                let r: NetworkLookupByUuidRet = self
+                    .call(
+                        NETWORK_LOOKUP_BY_UUID,
+                        &NetworkLookupByUuidArgs {
+                            uuid: Uuid16(*u.as_bytes()),
+                        },
+                    )
+                    .await?;
+                Ok(r.net)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    pub async fn network_define(&self, xml: &str) -> Result<NonnullNetwork> {
+        let r: NetworkDefineXmlRet = self
+            .call(
+                NETWORK_DEFINE_XML,
+                &NetworkDefineXmlArgs { xml: xml.into() },
+            )
+            .await?;
+        Ok(r.net)
+    }
+
+    pub async fn network_start(&self, net: &NonnullNetwork) -> Result<()> {
+        self.call_void(NETWORK_CREATE, &NetworkCreateArgs { net: net.clone() })
+            .await
+    }
+
+    pub async fn network_destroy(&self, net: &NonnullNetwork) -> Result<()> {
+        self.call_void(NETWORK_DESTROY, &NetworkDestroyArgs { net: net.clone() })
+            .await
+    }
+
+    pub async fn network_undefine(&self, net: &NonnullNetwork) -> Result<()> {
+        self.call_void(NETWORK_UNDEFINE, &NetworkUndefineArgs { net: net.clone() })
+            .await
+    }
+
+    /// `flags` 1: the persistent definition.
+    pub async fn network_xml(&self, net: &NonnullNetwork, flags: u32) -> Result<String> {
+        let r: NetworkGetXmlDescRet = self
+            .call(
+                NETWORK_GET_XML_DESC,
+                &NetworkGetXmlDescArgs {
+                    net: net.clone(),
+                    flags,
+                },
+            )
+            .await?;
+        Ok(r.xml.0)
+    }
+
+    pub async fn network_is_active(&self, net: &NonnullNetwork) -> Result<bool> {
+        let r: NetworkIsActiveRet = self
+            .call(NETWORK_IS_ACTIVE, &NetworkIsActiveArgs { net: net.clone() })
+            .await?;
+        Ok(r.active != 0)
+    }
+
+    pub async fn network_is_persistent(&self, net: &NonnullNetwork) -> Result<bool> {
+        let r: NetworkIsPersistentRet = self
+            .call(
+                NETWORK_IS_PERSISTENT,
+                &NetworkIsPersistentArgs { net: net.clone() },
+            )
+            .await?;
+        Ok(r.persistent != 0)
+    }
+
+    pub async fn network_autostart(&self, net: &NonnullNetwork) -> Result<bool> {
+        let r: NetworkGetAutostartRet = self
+            .call(
+                NETWORK_GET_AUTOSTART,
+                &NetworkGetAutostartArgs { net: net.clone() },
+            )
+            .await?;
+        Ok(r.autostart != 0)
+    }
+
+    pub async fn network_bridge(&self, net: &NonnullNetwork) -> Result<String> {
+        let r: NetworkGetBridgeNameRet = self
+            .call(
+                NETWORK_GET_BRIDGE_NAME,
+                &NetworkGetBridgeNameArgs { net: net.clone() },
+            )
+            .await?;
+        Ok(r.name.0)
+    }
+
+    pub async fn network_dhcp_leases(&self, net: &NonnullNetwork) -> Result<Vec<NetworkDhcpLease>> {
+        let r: NetworkGetDhcpLeasesRet = self
+            .call(
+                NETWORK_GET_DHCP_LEASES,
+                &NetworkGetDhcpLeasesArgs {
+                    net: net.clone(),
+                    mac: None,
+                    need_results: 1,
+                    flags: 0,
+                },
+            )
+            .await?;
+        Ok(r.leases.0)
+    }
+}
+
 /// The task that owns the stream.
 async fn run(
     mut framed: Framed<transport::BoxedStream, RpcCodec>,

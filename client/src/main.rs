@@ -110,6 +110,25 @@ enum Cmd {
     },
     /// Measure a daemon's latency and throughput.
     Bench(BenchArgs),
+    /// Define a virtual network from an XML file.
+    NetDefine { file: String },
+    /// Start a defined network.
+    NetStart { network: String },
+    /// Stop an active network.
+    NetDestroy { network: String },
+    /// Remove a network's definition.
+    NetUndefine { network: String },
+    /// Basic facts about a network.
+    NetInfo { network: String },
+    /// A network's XML.
+    NetDumpxml {
+        network: String,
+        /// The persistent definition rather than the running one.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// The DHCP leases a network handed out.
+    NetDhcpLeases { network: String },
     /// Mixed load for a set time; the daemon's RSS, fds, threads and QEMUs before and after.
     Soak(soak::SoakArgs),
     #[command(flatten)]
@@ -697,6 +716,101 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
+        Cmd::NetDefine { file } => {
+            let xml = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Connect(format!("cannot read {file}: {e}")))?;
+            let n = c.network_define(&xml).await?;
+            if json {
+                print_json(
+                    json!({"name": n.name.0, "uuid": uuid::Uuid::from_bytes(n.uuid.0).to_string()}),
+                );
+            } else {
+                println!("Network {} defined from {file}", n.name);
+            }
+        }
+        Cmd::NetStart { network } => {
+            let n = c.network_lookup(&network).await?;
+            c.network_start(&n).await?;
+            net_done(json, &n.name.0, "started");
+        }
+        Cmd::NetDestroy { network } => {
+            let n = c.network_lookup(&network).await?;
+            c.network_destroy(&n).await?;
+            net_done(json, &n.name.0, "destroyed");
+        }
+        Cmd::NetUndefine { network } => {
+            let n = c.network_lookup(&network).await?;
+            c.network_undefine(&n).await?;
+            net_done(json, &n.name.0, "has been undefined");
+        }
+        Cmd::NetInfo { network } => {
+            let n = c.network_lookup(&network).await?;
+            let active = c.network_is_active(&n).await?;
+            let persistent = c.network_is_persistent(&n).await?;
+            let autostart = c.network_autostart(&n).await?;
+            let bridge = c.network_bridge(&n).await.ok();
+            let uuid = uuid::Uuid::from_bytes(n.uuid.0).to_string();
+            if json {
+                print_json(json!({"name": n.name.0, "uuid": uuid, "active": active,
+                    "persistent": persistent, "autostart": autostart, "bridge": bridge}));
+            } else {
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                println!("{:<16}{}", "Name:", n.name);
+                println!("{:<16}{uuid}", "UUID:");
+                println!("{:<16}{}", "Active:", yes(active));
+                println!("{:<16}{}", "Persistent:", yes(persistent));
+                println!("{:<16}{}", "Autostart:", yes(autostart));
+                if let Some(b) = bridge {
+                    println!("{:<16}{b}", "Bridge:");
+                }
+            }
+        }
+        Cmd::NetDumpxml { network, inactive } => {
+            let n = c.network_lookup(&network).await?;
+            let xml = c.network_xml(&n, if inactive { 1 } else { 0 }).await?;
+            if json {
+                print_json(json!({"name": n.name.0, "xml": xml}));
+            } else {
+                print!("{xml}");
+            }
+        }
+        Cmd::NetDhcpLeases { network } => {
+            let n = c.network_lookup(&network).await?;
+            let leases = c.network_dhcp_leases(&n).await?;
+            let text = |s: &Option<qemud_protocol::xdr::XdrString>| {
+                s.as_ref()
+                    .map(|x| x.0.clone())
+                    .unwrap_or_else(|| "-".into())
+            };
+            if json {
+                print_json(json!(leases
+                    .iter()
+                    .map(|l| json!({"expiry": l.expirytime, "mac": l.mac.as_ref().map(|m| m.0.clone()),
+                        "type": if l.type_ == 0 { "ipv4" } else { "ipv6" },
+                        "address": format!("{}/{}", l.ipaddr.0, l.prefix),
+                        "hostname": l.hostname.as_ref().map(|h| h.0.clone()),
+                        "client_id": l.clientid.as_ref().map(|h| h.0.clone())}))
+                    .collect::<Vec<_>>()));
+            } else {
+                println!(
+                    " {:<12} {:<18} {:<8} {:<20} {:<12} Client ID or DUID",
+                    "Expiry", "MAC address", "Protocol", "IP address", "Hostname"
+                );
+                println!("{}", "-".repeat(100));
+                for l in &leases {
+                    let proto = if l.type_ == 0 { "ipv4" } else { "ipv6" };
+                    println!(
+                        " {:<12} {:<18} {:<8} {:<20} {:<12} {}",
+                        l.expirytime,
+                        text(&l.mac),
+                        proto,
+                        format!("{}/{}", l.ipaddr.0, l.prefix),
+                        text(&l.hostname),
+                        text(&l.clientid)
+                    );
+                }
+            }
+        }
         Cmd::Objects(cmd) => objects(c, cmd, json).await?,
         Cmd::Stats(cmd) => stats_cmds::run(c, cmd, json).await?,
         Cmd::Bench(_) | Cmd::Soak(_) => unreachable!("handled above"),
@@ -727,6 +841,14 @@ where
         println!("Domain '{name}' {done}");
     }
     Ok(())
+}
+
+fn net_done(json: bool, name: &str, done: &str) {
+    if json {
+        print_json(json!({"name": name, "result": done}));
+    } else {
+        println!("Network {name} {done}");
+    }
 }
 
 // Secrets, node devices, host interfaces, networks and storage pools.

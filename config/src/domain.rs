@@ -149,6 +149,13 @@ pub enum InterfaceKind {
     Network(String),
     /// A host bridge, by name.
     Bridge(String),
+    /// A tap device of its own, on no bridge: named by `<target dev>` (or
+    /// by the daemon), created and removed by the daemon unless
+    /// `managed='no'` says it exists already.
+    Ethernet {
+        target: Option<String>,
+        managed: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -727,18 +734,36 @@ impl DomainDef {
             }
             x.push_str("    </disk>\n");
         }
-        for nic in &d.interfaces {
+        for (i, nic) in d.interfaces.iter().enumerate() {
             let (kind, source) = match &nic.kind {
                 InterfaceKind::User => ("user", None),
                 InterfaceKind::Network(n) => {
                     ("network", Some(format!("network='{}'", esc_attr(n))))
                 }
                 InterfaceKind::Bridge(b) => ("bridge", Some(format!("bridge='{}'", esc_attr(b)))),
+                InterfaceKind::Ethernet { .. } => ("ethernet", None),
             };
             let _ = writeln!(x, "    <interface type='{kind}'>");
             let _ = writeln!(x, "      <mac address='{}'/>", esc_attr(&nic.mac));
             if let Some(s) = source {
                 let _ = writeln!(x, "      <source {s}/>");
+            }
+            // The tap: as named for an ethernet NIC; while the domain runs,
+            // the one the daemon plugged in.
+            match &nic.kind {
+                InterfaceKind::Ethernet {
+                    target: Some(t),
+                    managed,
+                } => {
+                    let m = if *managed { "" } else { " managed='no'" };
+                    let _ = writeln!(x, "      <target dev='{}'{m}/>", esc_attr(t));
+                }
+                kind if live.is_some() => {
+                    if let Some(tap) = crate::network::nic_tap(&self.uuid, i, kind) {
+                        let _ = writeln!(x, "      <target dev='{}'/>", esc_attr(&tap));
+                    }
+                }
+                _ => {}
             }
             let _ = writeln!(x, "      <model type='{}'/>", esc_attr(&nic.model));
             if let Some(n) = nic.boot_order {
@@ -1295,6 +1320,34 @@ fn parse_interface(el: Node) -> Result<InterfaceDef> {
         "bridge" => InterfaceKind::Bridge(source("bridge").ok_or_else(|| {
             invalid("No <source> 'bridge' attribute specified with <interface type='bridge'/>")
         })?),
+        "ethernet" => {
+            let target = child(el, "target");
+            let dev = target
+                .and_then(|t| t.attribute("dev"))
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned);
+            if let Some(d) = &dev {
+                if d.len() > 15 || d.contains('/') || d.chars().any(char::is_whitespace) {
+                    return Err(invalid(format!("invalid interface name '{d}'")));
+                }
+            }
+            let managed = match target.and_then(|t| t.attribute("managed")) {
+                None | Some("yes") => true,
+                Some("no") => false,
+                Some(v) => {
+                    return Err(invalid(format!(
+                        "invalid managed setting '{v}' in interface target"
+                    )))
+                }
+            };
+            if !managed && dev.is_none() {
+                return Err(invalid("target dev must be supplied when managed='no'"));
+            }
+            InterfaceKind::Ethernet {
+                target: dev,
+                managed,
+            }
+        }
         other => {
             return Err(unsupported(format!(
                 "interface type '{other}' is not supported"

@@ -4,6 +4,7 @@ pub mod capabilities;
 pub mod domain;
 pub mod domcaps;
 pub mod interface;
+pub mod network;
 pub mod nodedev;
 pub mod secret;
 pub mod settings;

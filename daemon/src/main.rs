@@ -20,6 +20,7 @@ use qemud_actors::domain::registry::Registry;
 use qemud_actors::domain::store::Store;
 use qemud_actors::events::EventBus;
 use qemud_actors::host::HostInfo;
+use qemud_actors::network::registry::{NetworkRegistry, Ready, StopAll};
 use qemud_actors::Services;
 use qemud_config::settings::{Mode, Settings};
 
@@ -181,6 +182,16 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         &settings.run_dir,
         events.clone(),
     ));
+    let networks = actix::Actor::start(NetworkRegistry::new(
+        settings.state_dir.clone(),
+        settings.run_dir.clone(),
+        qemud_actors::network::index::global(),
+        events.clone(),
+        Some(index.clone()),
+    ));
+    // Networks a killed daemon left active are taken back before clients
+    // can look at them.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), networks.send(Ready)).await;
     let uri = match settings.mode {
         Mode::System => "qemu:///system",
         Mode::Session => "qemu:///session",
@@ -194,6 +205,7 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
         secrets,
         nodedevs,
         storage,
+        networks: networks.clone(),
         uri: uri.to_owned(),
     });
 
@@ -224,6 +236,8 @@ async fn run(settings: Arc<Settings>, pid_file: Option<PathBuf>) -> i32 {
     info!("shutting down; running domains keep running");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     listeners.close();
+    // Networks do not outlive the daemon: bridges, rules and dnsmasq go.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), networks.send(StopAll)).await;
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }

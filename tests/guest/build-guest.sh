@@ -49,7 +49,9 @@ cp "$busybox" "$root/bin/busybox"
 
 # The power button driver and the event interface it reports through are
 # modules in Debian's kernel. Copy them, decompressing if needed.
-for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko; do
+# e1000 gives guests with an <interface> a NIC (virtio-net would need the
+# virtio PCI transport modules as well).
+for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko kernel/drivers/net/ethernet/intel/e1000/e1000.ko; do
     src=$(ls "$modules/$m"* 2>/dev/null | head -n1)
     if [ -z "$src" ]; then
         continue # built into this kernel
@@ -84,6 +86,50 @@ for i in $(seq 100); do
     [ -n "$button" ] && [ -e "$button" ] && break
     sleep 0.05
 done
+# With a NIC: take a DHCP lease (renewed for as long as the guest runs)
+# and ping the gateway, reporting both on the console for the tests.
+if [ -e /sys/class/net/eth0 ]; then
+    (
+        ifconfig lo 127.0.0.1 up
+        ifconfig eth0 up
+        udhcpc -i eth0 -s /bin/udhcpc-script -f -t 60 -T 1 -A 1 >/dev/null 2>&1 &
+        for i in $(seq 600); do
+            [ -s /tmp/router ] && break
+            sleep 0.2
+        done
+        router=$(cat /tmp/router 2>/dev/null)
+        if [ -n "$router" ] && ping -c 3 -W 2 "$router" >/dev/null 2>&1; then
+            echo "QEMUD-GUEST-PING-OK $router"
+        else
+            echo "QEMUD-GUEST-PING-FAILED $router"
+        fi
+        # Tests name a peer guest to reach, and an address beyond the host
+        # that must stay out of reach, on the kernel command line.
+        peer=$(sed -n 's/.*qemud\.peer=\([^ ]*\).*/\1/p' /proc/cmdline)
+        if [ -n "$peer" ]; then
+            ok=""
+            for i in $(seq 90); do
+                if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then
+                    ok=1
+                    break
+                fi
+            done
+            if [ -n "$ok" ]; then
+                echo "QEMUD-GUEST-PEER-OK $peer"
+            else
+                echo "QEMUD-GUEST-PEER-FAILED $peer"
+            fi
+        fi
+        outside=$(sed -n 's/.*qemud\.outside=\([^ ]*\).*/\1/p' /proc/cmdline)
+        if [ -n "$outside" ]; then
+            if ping -c 2 -W 1 "$outside" >/dev/null 2>&1; then
+                echo "QEMUD-GUEST-OUTSIDE-REACHED $outside"
+            else
+                echo "QEMUD-GUEST-OUTSIDE-UNREACHABLE $outside"
+            fi
+        fi
+    ) &
+fi
 echo "QEMUD-GUEST-READY button=$button"
 if [ -n "$button" ]; then
     # Block until the button sends its first input event, then power off
@@ -97,6 +143,25 @@ while true; do
 done
 INIT
 chmod +x "$root/init"
+cat > "$root/bin/udhcpc-script" <<'DHCP'
+#!/bin/busybox sh
+case "$1" in
+    bound|renew)
+        ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+        if [ -n "$router" ]; then
+            route add default gw "${router%% *}" dev "$interface" 2>/dev/null
+            echo "${router%% *}" > /tmp/router
+        fi
+        echo "QEMUD-GUEST-LEASE $1 ip=$ip" > /dev/console
+        ;;
+    deconfig)
+        ifconfig "$interface" 0.0.0.0
+        ;;
+esac
+exit 0
+DHCP
+chmod +x "$root/bin/udhcpc-script"
+mkdir -p "$root/tmp"
 
 mkdir -p "$out"
 # Tests cache whether KVM runs this guest; a new guest asks again.

@@ -1,7 +1,7 @@
 //! Issue 9, part 4: every object kind besides domains answers its listing,
 //! count, lookup and event-registration calls with the truth — secrets
 //! (a real driver with values kept 0600), node devices and host interfaces
-//! read from the kernel, and empty networks, storage pools and nwfilters —
+//! read from the kernel, the default network, empty storage pools and nwfilters —
 //! through real virsh, python3-libvirt and qemuctl.
 
 use std::io::Write;
@@ -448,12 +448,14 @@ fn host_devices_and_interfaces_in_libvirts_format() {
 }
 
 #[test]
-fn networks_pools_and_nwfilters_are_truthfully_empty() {
+fn networks_have_the_default_pools_and_nwfilters_are_empty() {
     let d = Daemon::start();
     let uri = d.uri();
+    // The network driver defines (not starts) the `default` network on a
+    // first run, as distributions ship it.
     assert_eq!(
         virsh_full(&uri, &["net-list", "--all"]).ok(),
-        " Name   State   Autostart   Persistent\n----------------------------------------\n\n"
+        " Name      State      Autostart   Persistent\n----------------------------------------------\n default   inactive   no          yes\n\n"
     );
     assert_eq!(
         virsh_full(&uri, &["pool-list", "--all"]).ok(),
@@ -494,10 +496,14 @@ fn networks_pools_and_nwfilters_are_truthfully_empty() {
         ),
         "{err}"
     );
-    for cmd in ["net-list", "pool-list"] {
-        let q = qemuctl(&uri, &["--json", cmd, "--all"]);
-        assert_eq!(q.ok().trim(), "[]", "{cmd}");
-    }
+    let q = qemuctl(&uri, &["--json", "pool-list", "--all"]);
+    assert_eq!(q.ok().trim(), "[]");
+    let q: serde_json::Value =
+        serde_json::from_str(qemuctl(&uri, &["--json", "net-list", "--all"]).ok()).unwrap();
+    assert_eq!(
+        q,
+        serde_json::json!([{"name": "default", "active": false, "autostart": false, "persistent": true}])
+    );
 
     // What a virt-manager-style client asks on connect: every list and
     // every event registration succeeds, and lookups fail the libvirt way.
@@ -509,11 +515,11 @@ def loop():
         libvirt.virEventRunDefaultImpl()
 threading.Thread(target=loop, daemon=True).start()
 conn = libvirt.open(os.environ["QEMUD_URI"])
-assert conn.listAllNetworks() == []
+assert [n.name() for n in conn.listAllNetworks()] == ["default"]
 assert conn.listAllStoragePools() == []
 assert conn.listAllNWFilters() == []
 assert conn.listAllSecrets() == []
-assert conn.numOfNetworks() == 0 and conn.numOfDefinedNetworks() == 0
+assert conn.numOfNetworks() == 0 and conn.numOfDefinedNetworks() == 1
 assert conn.numOfStoragePools() == 0 and conn.numOfDefinedStoragePools() == 0
 assert conn.numOfNWFilters() == 0 and conn.numOfSecrets() == 0
 assert "lo" in [i.name() for i in conn.listAllInterfaces()]
@@ -542,7 +548,7 @@ def fails(code, f, *a):
         assert e.get_error_code() == code, (f, e.get_error_code(), str(e))
         return
     raise SystemExit("%r succeeded" % (f,))
-fails(libvirt.VIR_ERR_NO_NETWORK, conn.networkLookupByName, "default")
+fails(libvirt.VIR_ERR_NO_NETWORK, conn.networkLookupByName, "nope")
 fails(libvirt.VIR_ERR_NO_STORAGE_POOL, conn.storagePoolLookupByName, "default")
 fails(libvirt.VIR_ERR_NO_STORAGE_VOL, conn.storageVolLookupByPath, "/var/lib/x.img")
 fails(libvirt.VIR_ERR_NO_NWFILTER, conn.nwfilterLookupByName, "clean-traffic")

@@ -343,15 +343,17 @@ fn interfaces(def: &DomainDef, a: &mut Vec<String>) -> Result<(), CmdlineError> 
     for (i, nic) in def.devices.interfaces.iter().enumerate() {
         match &nic.kind {
             InterfaceKind::User => push(a, "-netdev", format!("user,id=hostnet{i}")),
-            InterfaceKind::Network(n) => {
-                return Err(unsupported(format!(
-                    "interface type 'network' (network '{n}') is not supported yet"
-                )))
-            }
-            InterfaceKind::Bridge(b) => {
-                return Err(unsupported(format!(
-                    "interface type 'bridge' (bridge '{b}') is not supported yet"
-                )))
+            // The daemon created (and plugged) the tap before starting QEMU.
+            kind => {
+                let tap = crate::network::nic_tap(&def.uuid, i, kind).unwrap_or_default();
+                push(
+                    a,
+                    "-netdev",
+                    format!(
+                        "tap,id=hostnet{i},ifname={},script=no,downscript=no",
+                        esc(&tap)
+                    ),
+                )
             }
         }
         let model = match nic.model.as_str() {
@@ -744,10 +746,43 @@ mod tests {
     }
 
     #[test]
+    fn network_and_bridge_nics_use_the_daemons_taps() {
+        let d = def(
+            "<interface type='network'><source network='default'/><mac address='52:54:00:00:00:07'/></interface>\
+             <interface type='bridge'><source bridge='br0'/><model type='e1000'/></interface>\
+             <interface type='ethernet'><target dev='mytap0'/></interface>",
+            "pc",
+        );
+        let argv = build(&d, Accel::Tcg);
+        let tap0 = crate::network::tap_name(&d.uuid, 0);
+        let tap1 = crate::network::tap_name(&d.uuid, 1);
+        assert!(tap0 != tap1);
+        assert!(crate::network::tap_name(&d.uuid, 99).len() <= 15);
+        assert!(has_pair(
+            &argv,
+            "-netdev",
+            &format!("tap,id=hostnet0,ifname={tap0},script=no,downscript=no")
+        ));
+        assert!(has_pair(
+            &argv,
+            "-device",
+            "virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:00:00:07"
+        ));
+        assert!(has_pair(
+            &argv,
+            "-netdev",
+            &format!("tap,id=hostnet1,ifname={tap1},script=no,downscript=no")
+        ));
+        assert!(has_pair(
+            &argv,
+            "-netdev",
+            "tap,id=hostnet2,ifname=mytap0,script=no,downscript=no"
+        ));
+    }
+
+    #[test]
     fn unsupported_devices_are_refused() {
         for extra in [
-            "<interface type='bridge'><source bridge='br0'/></interface>",
-            "<interface type='network'><source network='default'/></interface>",
             "<interface type='user'><model type='ne2k_pci'/></interface>",
             "<disk type='file' device='cdrom'><target dev='vdb'/></disk>",
         ] {

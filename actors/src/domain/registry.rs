@@ -560,7 +560,10 @@ impl Registry {
         if e.live.as_ref().map(|l| l.run) != Some(run) {
             return;
         }
-        e.live = None;
+        if let Some(l) = e.live.take() {
+            // The guest's taps go with it.
+            actix::spawn(async move { crate::network::delete_taps(&l.def).await });
+        }
         e.state = DomainState::Shutoff;
         e.reason = state_reason;
         e.updated = false;
@@ -787,6 +790,10 @@ impl Registry {
             if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");
                 self.store.delete_live(&rec.uuid);
+                // Its taps outlived it.
+                if let Ok(def) = DomainDef::parse(&rec.xml) {
+                    actix::spawn(async move { crate::network::delete_taps(&def).await });
+                }
                 if let Some(e) = self.domains.get_mut(&rec.uuid) {
                     e.reason = reason::SHUTOFF_DAEMON;
                     self.publish(&rec.uuid);
@@ -1132,8 +1139,28 @@ impl Registry {
         }
         let name = def.name.clone();
         info!(domain = %name, "starting domain");
+        // NICs on networks and bridges: taps the daemon creates and plugs in.
+        let taps = match crate::network::plan_taps(&def) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(e) = self.domains.get_mut(&uuid) {
+                    e.job = None;
+                }
+                return Box::pin(fut::ready(Err(e)));
+            }
+        };
+        let nic_def = def.clone();
         let fut = async move {
-            let launched = qemu::launch(spec).await.map_err(|e| (e, None))?;
+            crate::network::create_taps(&taps)
+                .await
+                .map_err(|e| (e, None))?;
+            let launched = match qemu::launch(spec).await {
+                Ok(l) => l,
+                Err(e) => {
+                    crate::network::delete_taps(&nic_def).await;
+                    return Err((e, None));
+                }
+            };
             if !paused {
                 if let Err(e) = launched.qmp.execute("cont", None).await {
                     let err = Error::OperationFailed(format!("cannot start CPUs: {e}"));
@@ -1153,6 +1180,7 @@ impl Registry {
                     if let Some(l) = launched {
                         let vm = QemuVm::start(l, uuid, 0, ctx.address().recipient());
                         vm.do_send(Kill { graceful: false });
+                        actix::spawn(async move { crate::network::delete_taps(&def).await });
                     }
                     warn!(domain = %name, "start failed: {err}");
                     Err(err)

@@ -40,7 +40,6 @@ pub fn procedures() -> Vec<Procedure> {
         call!(CONNECT_GET_ALL_DOMAIN_STATS, Read, get_all_domain_stats),
         call!(DOMAIN_BLOCK_STATS, Read, block_stats),
         call!(DOMAIN_BLOCK_STATS_FLAGS, Read, block_stats_flags),
-        call!(DOMAIN_INTERFACE_STATS, Read, interface_stats),
         call!(DOMAIN_MEMORY_STATS, Read, memory_stats),
         call!(
             DOMAIN_SET_MEMORY_STATS_PERIOD,
@@ -473,9 +472,28 @@ fn record(view: &DomainView, live: Option<(&LiveHandle, &Probe)>, groups: u32) -
         }
     }
     if groups & group::INTERFACE != 0 && live.is_some() {
-        // User-mode NICs have no host interface, hence no counters; libvirt
-        // lists only the count for them.
         l.uint("net.count", def.devices.interfaces.len() as u32);
+        // NICs with a tap (network, bridge, ethernet) are counted on the
+        // host side, seen from the guest (rx and tx swapped) as libvirt
+        // does; user-mode NICs have no host interface, hence no counters.
+        for (i, nic) in def.devices.interfaces.iter().enumerate() {
+            let Some(tap) = crate::network::nic_tap(&def.uuid, i, &nic.kind) else {
+                continue;
+            };
+            let Some(c) = crate::network::sys::link_counters(&tap).filter(|c| c.len() >= 12) else {
+                continue;
+            };
+            let n = |v: i64| v.max(0) as u64;
+            l.string(format!("net.{i}.name"), tap.clone())
+                .ullong(format!("net.{i}.rx.bytes"), n(c[8]))
+                .ullong(format!("net.{i}.rx.pkts"), n(c[9]))
+                .ullong(format!("net.{i}.rx.errs"), n(c[10]))
+                .ullong(format!("net.{i}.rx.drop"), n(c[11]))
+                .ullong(format!("net.{i}.tx.bytes"), n(c[0]))
+                .ullong(format!("net.{i}.tx.pkts"), n(c[1]))
+                .ullong(format!("net.{i}.tx.errs"), n(c[2]))
+                .ullong(format!("net.{i}.tx.drop"), n(c[3]));
+        }
     }
     if groups & group::BLOCK != 0 {
         l.uint("block.count", def.devices.disks.len() as u32);
@@ -792,28 +810,6 @@ async fn block_stats_flags(
         params: XdrVec(l.0),
         nparams: n,
     })
-}
-
-async fn interface_stats(
-    call: &Call,
-    a: DomainInterfaceStatsArgs,
-) -> Result<DomainInterfaceStatsRet> {
-    let (_, h) = live(call, &a.dom, NOT_RUNNING).await?;
-    let device = a.device.0.as_str();
-    let found = h
-        .def
-        .devices
-        .interfaces
-        .iter()
-        .any(|n| n.mac.eq_ignore_ascii_case(device));
-    if !found {
-        return Err(Error::InvalidArg(format!(
-            "'{device}' is not a known interface"
-        )));
-    }
-    // Every NIC qemud starts today is user-mode networking: no host
-    // interface carries its traffic, so there is nothing to count.
-    Err(Error::Internal("Interface name not provided".into()))
 }
 
 async fn memory_stats(call: &Call, a: DomainMemoryStatsArgs) -> Result<DomainMemoryStatsRet> {

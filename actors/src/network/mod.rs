@@ -1,113 +1,118 @@
-//! The network driver: virtual networks (one actor per active network with
-//! its bridge, firewall and dnsmasq). Until that driver lands, qemud has no
-//! networks, and says so truthfully: lists are empty and every lookup gets
-//! libvirt's "no network with matching ..." error.
+//! The network driver: virtual networks. A registry actor owns the
+//! definitions; one actor per active network owns its bridge, its nftables
+//! table and its supervised dnsmasq. Guests' NICs of type network and
+//! bridge are tap devices the daemon creates and plugs into the bridge.
 
-use qemud_protocol::remote::procs::*;
-use qemud_protocol::remote::*;
-use uuid::Uuid;
+pub mod active;
+pub mod dnsmasq;
+pub mod firewall;
+pub mod index;
+pub mod procedures;
+pub mod registry;
+pub mod sys;
 
-use crate::call;
+use qemud_config::domain::{DomainDef, InterfaceKind};
+
 use crate::error::{Error, Result};
-use crate::rpc::{Call, Procedure};
+use crate::rpc::Procedure;
 
 /// This driver's rows of the procedure table.
 pub fn procedures() -> Vec<Procedure> {
-    vec![
-        call!(CONNECT_LIST_ALL_NETWORKS, Read, list_all),
-        call!(CONNECT_NUM_OF_NETWORKS, Read, num_of_active),
-        call!(CONNECT_LIST_NETWORKS, Read, list_active),
-        call!(CONNECT_NUM_OF_DEFINED_NETWORKS, Read, num_of_defined),
-        call!(CONNECT_LIST_DEFINED_NETWORKS, Read, list_defined),
-        call!(NETWORK_LOOKUP_BY_NAME, Read, lookup_by_name),
-        call!(NETWORK_LOOKUP_BY_UUID, Read, lookup_by_uuid),
-        call!(NETWORK_GET_XML_DESC, Read, get_xml_desc),
-        call!(NETWORK_IS_ACTIVE, Read, is_active),
-        call!(NETWORK_IS_PERSISTENT, Read, is_persistent),
-        call!(NETWORK_GET_AUTOSTART, Read, get_autostart),
-        call!(NETWORK_GET_BRIDGE_NAME, Read, get_bridge_name),
-    ]
+    procedures::procedures()
 }
 
-/// `virConnectListAllNetworksFlags` (active/inactive, persistent/transient,
-/// autostart/no-autostart).
-const LIST_ALL_FLAGS: u32 = 0x3f;
+pub use qemud_config::network::{nic_tap, tap_name};
 
-/// libvirt's error for a network handle that names no network.
-fn no_network(net: &NonnullNetwork) -> Error {
-    Error::NoNetwork(format!(
-        "no network with matching uuid '{}' ({})",
-        Uuid::from(net.uuid).hyphenated(),
-        net.name.as_str()
-    ))
+/// A tap to create for a NIC: its name, the bridge it joins (none for an
+/// ethernet NIC), its MTU.
+#[derive(Debug, Clone)]
+pub struct TapPlan {
+    pub tap: String,
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
 }
 
-async fn list_all(_: &Call, a: ConnectListAllNetworksArgs) -> Result<ConnectListAllNetworksRet> {
-    if a.flags & !LIST_ALL_FLAGS != 0 {
-        return Err(Error::UnsupportedFlags {
-            flags: a.flags & !LIST_ALL_FLAGS,
-            function: "networkConnectListAllNetworks",
+/// The taps a domain's NICs need, checked against the networks now active:
+/// libvirt's errors for a missing or inactive network.
+pub fn plan_taps(def: &DomainDef) -> Result<Vec<TapPlan>> {
+    let index = index::global();
+    let mut plans = Vec::new();
+    for (i, nic) in def.devices.interfaces.iter().enumerate() {
+        let bridge = match &nic.kind {
+            InterfaceKind::User => continue,
+            InterfaceKind::Network(name) => {
+                let v = index.by_name(name)?;
+                let live = v.live.as_ref().ok_or_else(|| {
+                    Error::OperationInvalid(format!("network '{name}' is not active"))
+                })?;
+                live.bridge
+                    .clone()
+                    .ok_or_else(|| Error::Internal(format!("network '{name}' has no bridge")))?
+            }
+            InterfaceKind::Bridge(b) => {
+                if !sys::link_exists(b) {
+                    return Err(Error::System(format!(
+                        "Cannot get interface MTU on '{b}': No such device"
+                    )));
+                }
+                b.clone()
+            }
+            InterfaceKind::Ethernet { target, managed } => {
+                if !managed {
+                    // Someone else's tap: it must be there, and stays theirs.
+                    let t = target.as_deref().unwrap_or_default();
+                    if !sys::link_exists(t) {
+                        return Err(Error::System(format!(
+                            "Unable to get index for interface {t}: No such device"
+                        )));
+                    }
+                    continue;
+                }
+                plans.push(TapPlan {
+                    tap: nic_tap(&def.uuid, i, &nic.kind).unwrap_or_default(),
+                    mtu: None,
+                    bridge: None,
+                });
+                continue;
+            }
+        };
+        plans.push(TapPlan {
+            tap: tap_name(&def.uuid, i),
+            mtu: None,
+            bridge: Some(bridge),
         });
     }
-    Ok(ConnectListAllNetworksRet {
-        nets: Vec::new().into(),
-        ret: 0,
-    })
+    Ok(plans)
 }
 
-async fn num_of_active(_: &Call, _: ()) -> Result<ConnectNumOfNetworksRet> {
-    Ok(ConnectNumOfNetworksRet { num: 0 })
+/// Creates every planned tap; on failure none is left.
+pub async fn create_taps(plans: &[TapPlan]) -> Result<()> {
+    for (n, p) in plans.iter().enumerate() {
+        let mtu = match (p.mtu, &p.bridge) {
+            (Some(m), _) => Some(m),
+            (None, Some(b)) => sys::link_mtu(b).await,
+            (None, None) => None,
+        };
+        if let Err(e) = sys::create_tap(&p.tap, p.bridge.as_deref(), mtu).await {
+            for q in &plans[..n] {
+                sys::delete_link(&q.tap).await;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
-async fn list_active(_: &Call, _: ConnectListNetworksArgs) -> Result<ConnectListNetworksRet> {
-    Ok(ConnectListNetworksRet {
-        names: Vec::new().into(),
-    })
-}
-
-async fn num_of_defined(_: &Call, _: ()) -> Result<ConnectNumOfDefinedNetworksRet> {
-    Ok(ConnectNumOfDefinedNetworksRet { num: 0 })
-}
-
-async fn list_defined(
-    _: &Call,
-    _: ConnectListDefinedNetworksArgs,
-) -> Result<ConnectListDefinedNetworksRet> {
-    Ok(ConnectListDefinedNetworksRet {
-        names: Vec::new().into(),
-    })
-}
-
-async fn lookup_by_name(_: &Call, a: NetworkLookupByNameArgs) -> Result<NetworkLookupByNameRet> {
-    Err(Error::NoNetwork(format!(
-        "no network with matching name '{}'",
-        a.name.as_str()
-    )))
-}
-
-async fn lookup_by_uuid(_: &Call, a: NetworkLookupByUuidArgs) -> Result<NetworkLookupByUuidRet> {
-    Err(Error::NoNetwork(format!(
-        "no network with matching uuid '{}'",
-        Uuid::from(a.uuid).hyphenated()
-    )))
-}
-
-async fn get_xml_desc(_: &Call, a: NetworkGetXmlDescArgs) -> Result<NetworkGetXmlDescRet> {
-    Err(no_network(&a.net))
-}
-
-async fn is_active(_: &Call, a: NetworkIsActiveArgs) -> Result<NetworkIsActiveRet> {
-    Err(no_network(&a.net))
-}
-
-async fn is_persistent(_: &Call, a: NetworkIsPersistentArgs) -> Result<NetworkIsPersistentRet> {
-    Err(no_network(&a.net))
-}
-
-async fn get_autostart(_: &Call, a: NetworkGetAutostartArgs) -> Result<NetworkGetAutostartRet> {
-    Err(no_network(&a.net))
-}
-
-async fn get_bridge_name(_: &Call, a: NetworkGetBridgeNameArgs) -> Result<NetworkGetBridgeNameRet> {
-    Err(no_network(&a.net))
+/// Removes the taps of a domain that stopped.
+pub async fn delete_taps(def: &DomainDef) {
+    for (i, nic) in def.devices.interfaces.iter().enumerate() {
+        let ours = match &nic.kind {
+            InterfaceKind::User => false,
+            InterfaceKind::Ethernet { managed, .. } => *managed,
+            _ => true,
+        };
+        if let Some(tap) = nic_tap(&def.uuid, i, &nic.kind).filter(|_| ours) {
+            sys::delete_link(&tap).await;
+        }
+    }
 }
