@@ -1082,34 +1082,4 @@ impl Client {
             .await?;
         Ok((a.active != 0, p.persistent != 0, s.autostart != 0))
     }
-
-    pub async fn list_all_storage_pools(&self, flags: u32) -> Result<Vec<NonnullStoragePool>> {
-        let r: ConnectListAllStoragePoolsRet = self
-            .call(
-                CONNECT_LIST_ALL_STORAGE_POOLS,
-                &ConnectListAllStoragePoolsArgs {
-                    need_results: 1,
-                    flags,
-                },
-            )
-            .await?;
-        Ok(r.pools.0)
-    }
-
-    /// Whether a pool is active and autostarted.
-    pub async fn storage_pool_state(&self, pool: &NonnullStoragePool) -> Result<(bool, bool)> {
-        let a: StoragePoolIsActiveRet = self
-            .call(
-                STORAGE_POOL_IS_ACTIVE,
-                &StoragePoolIsActiveArgs { pool: pool.clone() },
-            )
-            .await?;
-        let s: StoragePoolGetAutostartRet = self
-            .call(
-                STORAGE_POOL_GET_AUTOSTART,
-                &StoragePoolGetAutostartArgs { pool: pool.clone() },
-            )
-            .await?;
-        Ok((a.active != 0, s.autostart != 0))
-    }
 }

@@ -895,11 +895,6 @@ enum ObjectCmd {
         #[arg(long)]
         all: bool,
     },
-    /// List storage pools (active ones unless --all).
-    PoolList {
-        #[arg(long)]
-        all: bool,
-    },
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -1161,34 +1156,6 @@ async fn objects(c: &Client, cmd: ObjectCmd, json: bool) -> Result<(), ClientErr
                     })
                     .collect();
                 print_table(&["Name", "State", "Autostart", "Persistent"], &rows);
-            }
-        }
-        ObjectCmd::PoolList { all } => {
-            // ACTIVE only, unless --all.
-            let mut pools = c.list_all_storage_pools(if all { 0 } else { 2 }).await?;
-            pools.sort_by(|a, b| a.name.0.cmp(&b.name.0));
-            let mut rows = Vec::new();
-            for p in &pools {
-                let (active, autostart) = c.storage_pool_state(p).await?;
-                rows.push((p.name.0.clone(), active, autostart));
-            }
-            if json {
-                print_json(json!(rows
-                    .iter()
-                    .map(|(n, a, s)| json!({"name": n, "active": a, "autostart": s}))
-                    .collect::<Vec<_>>()));
-            } else {
-                let rows: Vec<Vec<String>> = rows
-                    .into_iter()
-                    .map(|(n, a, s)| {
-                        vec![
-                            n,
-                            if a { "active" } else { "inactive" }.into(),
-                            yes_no(s).into(),
-                        ]
-                    })
-                    .collect();
-                print_table(&["Name", "State", "Autostart"], &rows);
             }
         }
     }
