@@ -448,7 +448,7 @@ fn host_devices_and_interfaces_in_libvirts_format() {
 }
 
 #[test]
-fn networks_have_the_default_pools_and_nwfilters_are_empty() {
+fn networks_and_pools_have_their_defaults_and_nwfilters_are_empty() {
     let d = Daemon::start();
     let uri = d.uri();
     // The network driver defines (not starts) the `default` network on a
@@ -457,9 +457,11 @@ fn networks_have_the_default_pools_and_nwfilters_are_empty() {
         virsh_full(&uri, &["net-list", "--all"]).ok(),
         " Name      State      Autostart   Persistent\n----------------------------------------------\n default   inactive   no          yes\n\n"
     );
+    // The storage driver defines, starts and autostarts the `default` dir
+    // pool on a first run.
     assert_eq!(
         virsh_full(&uri, &["pool-list", "--all"]).ok(),
-        " Name   State   Autostart\n---------------------------\n\n"
+        " Name      State    Autostart\n-------------------------------\n default   active   yes\n\n"
     );
     assert_eq!(
         virsh_full(&uri, &["nwfilter-list"]).ok(),
@@ -496,8 +498,12 @@ fn networks_have_the_default_pools_and_nwfilters_are_empty() {
         ),
         "{err}"
     );
-    let q = qemuctl(&uri, &["--json", "pool-list", "--all"]);
-    assert_eq!(q.ok().trim(), "[]");
+    let q: serde_json::Value =
+        serde_json::from_str(qemuctl(&uri, &["--json", "pool-list", "--all"]).ok()).unwrap();
+    assert_eq!(
+        q,
+        serde_json::json!([{"name": "default", "active": true, "autostart": true}])
+    );
     let q: serde_json::Value =
         serde_json::from_str(qemuctl(&uri, &["--json", "net-list", "--all"]).ok()).unwrap();
     assert_eq!(
@@ -516,11 +522,11 @@ def loop():
 threading.Thread(target=loop, daemon=True).start()
 conn = libvirt.open(os.environ["QEMUD_URI"])
 assert [n.name() for n in conn.listAllNetworks()] == ["default"]
-assert conn.listAllStoragePools() == []
+assert [p.name() for p in conn.listAllStoragePools()] == ["default"]
 assert conn.listAllNWFilters() == []
 assert conn.listAllSecrets() == []
 assert conn.numOfNetworks() == 0 and conn.numOfDefinedNetworks() == 1
-assert conn.numOfStoragePools() == 0 and conn.numOfDefinedStoragePools() == 0
+assert conn.numOfStoragePools() == 1 and conn.numOfDefinedStoragePools() == 0
 assert conn.numOfNWFilters() == 0 and conn.numOfSecrets() == 0
 assert "lo" in [i.name() for i in conn.listAllInterfaces()]
 devs = [d.name() for d in conn.listAllDevices()]
@@ -549,7 +555,7 @@ def fails(code, f, *a):
         return
     raise SystemExit("%r succeeded" % (f,))
 fails(libvirt.VIR_ERR_NO_NETWORK, conn.networkLookupByName, "nope")
-fails(libvirt.VIR_ERR_NO_STORAGE_POOL, conn.storagePoolLookupByName, "default")
+fails(libvirt.VIR_ERR_NO_STORAGE_POOL, conn.storagePoolLookupByName, "nope")
 fails(libvirt.VIR_ERR_NO_STORAGE_VOL, conn.storageVolLookupByPath, "/var/lib/x.img")
 fails(libvirt.VIR_ERR_NO_NWFILTER, conn.nwfilterLookupByName, "clean-traffic")
 fails(libvirt.VIR_ERR_NO_SECRET, conn.secretLookupByUsage, libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "x")

@@ -439,17 +439,18 @@ async fn domain_interface_stats(
     }
     let def = DomainDef::parse(&dom.xml).map_err(|e| Error::Internal(e.to_string()))?;
     let device = a.device.as_str();
-    let tap = def
+    let (tap, _) = def
         .devices
         .interfaces
         .iter()
         .enumerate()
-        .filter_map(|(i, n)| Some((super::nic_tap(&def.uuid, i, &n.kind)?, n)))
-        .find(|(tap, n)| tap == device || n.mac.eq_ignore_ascii_case(device))
-        .map(|(tap, _)| tap)
+        .map(|(i, n)| (super::nic_tap(&def.uuid, i, &n.kind), n))
+        .find(|(tap, n)| tap.as_deref() == Some(device) || n.mac.eq_ignore_ascii_case(device))
         .ok_or_else(|| {
             Error::InvalidArg(format!("invalid path, '{device}' is not a known interface"))
         })?;
+    // A user-mode NIC has no host interface to count: libvirt's answer.
+    let tap = tap.ok_or_else(|| Error::Internal("Interface name not provided".into()))?;
     let c = super::sys::link_counters(&tap)
         .filter(|c| c.len() >= 12)
         .ok_or_else(|| Error::System(format!("Interface '{tap}' not found")))?;
