@@ -1087,6 +1087,17 @@ fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
     wait_until(30, "the clone to start", || {
         images.join(".qemud-partial-busy.qcow2").exists()
     });
+    // Hold the clone where it is: stop the qemu-img writing this test's
+    // partial file (its path is unique to this test), so the checks below
+    // cannot race its end; it continues afterwards.
+    let partial = images.join(".qemud-partial-busy.qcow2");
+    let mut qemu_img = None;
+    wait_until(30, "the clone's qemu-img", || {
+        qemu_img = process_with_arg(partial.to_str().unwrap());
+        qemu_img.is_some()
+    });
+    let qemu_img = nix::unistd::Pid::from_raw(qemu_img.unwrap());
+    nix::sys::signal::kill(qemu_img, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let e = virsh(&uri, &["vol-delete", "busy.qcow2", "--pool", "default"])
         .fails()
         .to_owned();
@@ -1094,6 +1105,7 @@ fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
     let e3 = virsh(&uri, &["vol-delete", "src.img", "--pool", "default"])
         .fails()
         .to_owned();
+    nix::sys::signal::kill(qemu_img, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(clone.wait().unwrap().success());
     assert!(
         e.contains("volume 'busy.qcow2' is still being allocated."),
@@ -1109,4 +1121,20 @@ fn a_volume_in_a_long_operation_cannot_be_deleted_and_others_carry_on() {
     for v in ["quick.qcow2", "busy.qcow2", "src.img"] {
         virsh(&uri, &["vol-delete", v, "--pool", "default"]).ok();
     }
+}
+
+/// The pid of a process whose command line has `arg` as one argument.
+fn process_with_arg(arg: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
 }
