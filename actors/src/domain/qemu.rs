@@ -54,7 +54,7 @@ pub struct LaunchSpec {
 pub struct Launched {
     pub pid: i32,
     pub qmp: QmpClient,
-    events: mpsc::UnboundedReceiver<QmpEvent>,
+    events: mpsc::Receiver<QmpEvent>,
     child: Option<Child>,
 }
 
@@ -171,13 +171,23 @@ async fn watch(
     uuid: Uuid,
     run: u64,
     pid: i32,
-    mut events: mpsc::UnboundedReceiver<QmpEvent>,
+    mut events: mpsc::Receiver<QmpEvent>,
     child: Option<Child>,
     registry: Recipient<VmNotice>,
     vm: Addr<QemuVm>,
 ) {
     let notify = |kind| {
         registry.do_send(VmNotice { uuid, run, kind });
+    };
+    // Events wait for the registry to take each one, so a guest flooding
+    // events fills the bounded monitor queue (see qmp::forward_event)
+    // instead of the registry's mailbox.
+    let forward = |ev| {
+        registry.send(VmNotice {
+            uuid,
+            run,
+            kind: VmNoticeKind::Event(ev),
+        })
     };
     let mut child = child;
     let mut exit: Option<String> = None;
@@ -191,7 +201,9 @@ async fn watch(
         };
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => notify(VmNoticeKind::Event(ev)),
+                Some(ev) => {
+                    let _ = forward(ev).await;
+                }
                 None => break,
             },
             status = waited => {
@@ -203,7 +215,7 @@ async fn watch(
                 // Drain what the monitor still has, briefly.
                 let drain = async {
                     while let Some(ev) = events.recv().await {
-                        notify(VmNoticeKind::Event(ev));
+                        let _ = forward(ev).await;
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
