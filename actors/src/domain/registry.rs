@@ -74,6 +74,11 @@ struct Live {
     qmp_socket: std::path::PathBuf,
     got_shutdown: bool,
     destroying: bool,
+    /// `virsh reboot` asked the guest to power down: its next guest-initiated
+    /// SHUTDOWN becomes a reset. Cleared, as libvirt does, by a reset (ours
+    /// or the guest's own RESET event), by `shutdown` and by destroy, so an
+    /// ignored reboot cannot turn a later power-off into a reset. Kept in
+    /// the live record across daemon restarts.
     fake_reboot: bool,
     pty_paths: Vec<String>,
 }
@@ -464,6 +469,7 @@ impl Registry {
             xml: l.def.to_xml(None),
             persistent: e.persistent,
             got_shutdown: l.got_shutdown,
+            fake_reboot: l.fake_reboot,
         };
         if let Err(e) = self.store.save_live(&rec) {
             error!("cannot record running domain: {e}");
@@ -522,6 +528,7 @@ impl Registry {
                     // it into a reset instead of letting it stop.
                     live.fake_reboot = false;
                     let vm = live.vm.clone();
+                    self.save_live(&uuid);
                     actix_rt::spawn(async move {
                         for cmd in ["system_reset", "cont"] {
                             let r = vm
@@ -581,7 +588,12 @@ impl Registry {
                     self.lifecycle(&uuid, lc::RESUMED, lc::RESUMED_UNPAUSED);
                 }
             }
-            "RESET" => self.emit(&uuid, Event::reboot),
+            "RESET" => {
+                if std::mem::take(&mut live.fake_reboot) {
+                    self.save_live(&uuid);
+                }
+                self.emit(&uuid, Event::reboot)
+            }
             "RTC_CHANGE" => {
                 let offset = data.get("offset").and_then(|o| o.as_i64()).unwrap_or(0);
                 self.emit(&uuid, |d| Event::rtc_change(d, offset));
@@ -773,7 +785,7 @@ impl Registry {
             qmp_socket: rec.qmp_socket.clone(),
             got_shutdown,
             destroying: false,
-            fake_reboot: false,
+            fake_reboot: rec.fake_reboot,
             pty_paths: Vec::new(),
         });
         (e.state, e.reason) = match status.as_str() {
@@ -864,11 +876,15 @@ impl Registry {
                 }))
             }
             DomainOp::Start { uuid, paused } => self.start(uuid, paused, None, ctx),
-            DomainOp::Shutdown { uuid } => self.qmp_op(uuid, "system_powerdown", |_| {}),
+            DomainOp::Shutdown { uuid } => {
+                self.qmp_op(uuid, "system_powerdown", |l| l.fake_reboot = false)
+            }
             DomainOp::Reboot { uuid } => {
                 self.qmp_op(uuid, "system_powerdown", |l| l.fake_reboot = true)
             }
-            DomainOp::Reset { uuid } => self.qmp_op(uuid, "system_reset", |_| {}),
+            DomainOp::Reset { uuid } => {
+                self.qmp_op(uuid, "system_reset", |l| l.fake_reboot = false)
+            }
             DomainOp::Suspend { uuid } => self.cpu_op(
                 uuid,
                 "stop",
@@ -890,6 +906,7 @@ impl Registry {
                     return ready(Err(Error::OperationInvalid("domain is not running".into())));
                 };
                 live.destroying = true;
+                live.fake_reboot = false;
                 let (vm, run) = (live.vm.clone(), live.run);
                 e.job = Some("destroy");
                 Box::pin(
@@ -996,7 +1013,11 @@ impl Registry {
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         if let Some(live) = self.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) {
+            let before = live.fake_reboot;
             prepare(live);
+            if live.fake_reboot != before {
+                self.save_live(&uuid);
+            }
         }
         Box::pin(
             vm.send(QmpCommand {

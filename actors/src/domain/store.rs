@@ -57,6 +57,9 @@ pub struct LiveRecord {
     /// A guest shutdown was already seen (QEMU waits for `quit`).
     #[serde(default)]
     pub got_shutdown: bool,
+    /// A `virsh reboot` is pending: the guest's power-off becomes a reset.
+    #[serde(default)]
+    pub fake_reboot: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -254,12 +257,31 @@ mod tests {
             xml: "<domain/>".into(),
             persistent: true,
             got_shutdown: false,
+            fake_reboot: true,
         };
         s.save_live(&rec).unwrap();
         fs::write(d.path().join("run/live/bad.json"), b"{").unwrap();
         assert_eq!(s.load_live(), vec![rec.clone()]);
         s.delete_live(&rec.uuid);
         assert!(s.load_live().is_empty());
+    }
+
+    #[test]
+    fn pending_reboot_survives_in_the_live_record() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("state"), d.path().join("run"));
+        s.prepare().unwrap();
+        let u = Uuid::new_v4();
+        let old = format!(
+            r#"{{"uuid":"{u}","name":"vm","id":1,"pid":42,"qmp_socket":"/x","xml":"<domain/>","persistent":true}}"#
+        );
+        fs::write(d.path().join(format!("run/live/{u}.json")), old).unwrap();
+        // Records written before the field existed: no reboot pending.
+        assert!(!s.load_live()[0].fake_reboot);
+        let mut rec = s.load_live().remove(0);
+        rec.fake_reboot = true;
+        s.save_live(&rec).unwrap();
+        assert!(s.load_live()[0].fake_reboot);
     }
 
     #[test]
