@@ -71,6 +71,8 @@ struct Live {
     def: DomainDef,
     vm: Addr<QemuVm>,
     pid: i32,
+    /// With `pid`, identifies the process across pid reuse.
+    start_time: Option<u64>,
     qmp_socket: std::path::PathBuf,
     got_shutdown: bool,
     destroying: bool,
@@ -393,6 +395,7 @@ impl Registry {
         let id = self.next_id;
         self.next_id += 1;
         let pid = launched.pid;
+        let start_time = launched.identity.map(|p| p.start_time);
         let qmp = launched.qmp.clone();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let qmp_socket = self.store.qmp_socket(&uuid);
@@ -410,6 +413,7 @@ impl Registry {
             def,
             vm,
             pid,
+            start_time,
             qmp_socket: qmp_socket.clone(),
             got_shutdown: false,
             destroying: false,
@@ -465,6 +469,7 @@ impl Registry {
             name: e.def.name.clone(),
             id: l.id,
             pid: l.pid,
+            start_time: l.start_time,
             qmp_socket: l.qmp_socket.clone(),
             xml: l.def.to_xml(None),
             persistent: e.persistent,
@@ -688,17 +693,14 @@ impl Registry {
             if records.iter().any(|r| r.uuid == uuid) {
                 continue;
             }
-            if qemu::is_our_qemu(pid, &uuid) {
+            if let Some(qemu) = qemu::pidfile_qemu(pid, &self.store.pidfile(&uuid), &uuid) {
                 warn!(%uuid, pid, "stopping QEMU left over from an interrupted start");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                qemu.signal(nix::sys::signal::Signal::SIGKILL);
             }
             self.store.delete_live(&uuid);
         }
         for rec in records {
-            if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
+            let Some(identity) = qemu::recorded_qemu(rec.pid, rec.start_time, &rec.uuid) else {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");
                 self.store.delete_live(&rec.uuid);
                 if let Some(e) = self.domains.get_mut(&rec.uuid) {
@@ -706,7 +708,7 @@ impl Registry {
                     self.publish(&rec.uuid);
                 }
                 continue;
-            }
+            };
             let def = match DomainDef::parse(&rec.xml) {
                 Ok(d) => d,
                 Err(e) => {
@@ -722,12 +724,12 @@ impl Registry {
             let timeout = Duration::from_millis(self.settings.qmp_timeout_ms);
             let rec2 = rec.clone();
             let fut = async move {
-                let launched = qemu::attach(rec2.pid, &rec2.qmp_socket, timeout).await?;
+                let launched = qemu::attach(identity, &rec2.qmp_socket, timeout).await?;
                 let status = launched.qmp.execute("query-status", None).await.ok();
                 Ok::<_, Error>((launched, status))
             };
             ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-                act.reattached(rec, def, res, ctx);
+                act.reattached(rec, identity, def, res, ctx);
             }));
         }
     }
@@ -735,6 +737,7 @@ impl Registry {
     fn reattached(
         &mut self,
         rec: LiveRecord,
+        identity: qemu::ProcessIdentity,
         def: DomainDef,
         res: Result<(Launched, Option<serde_json::Value>)>,
         ctx: &mut Context<Self>,
@@ -749,10 +752,7 @@ impl Registry {
             Err(err) => {
                 error!(domain = %rec.name, "cannot re-attach to QEMU pid {}: {err}", rec.pid);
                 // A QEMU we cannot control must not linger unseen.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(rec.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                identity.signal(nix::sys::signal::Signal::SIGKILL);
                 self.store.delete_live(&uuid);
                 if !e.persistent {
                     self.domains.remove(&uuid);
@@ -782,6 +782,7 @@ impl Registry {
             def,
             vm: vm.clone(),
             pid,
+            start_time: Some(identity.start_time),
             qmp_socket: rec.qmp_socket.clone(),
             got_shutdown,
             destroying: false,

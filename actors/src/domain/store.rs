@@ -50,6 +50,10 @@ pub struct LiveRecord {
     pub name: String,
     pub id: i32,
     pub pid: i32,
+    /// The process's start time (field 22 of /proc/PID/stat): with the
+    /// pid, tells this QEMU from a later process that reused its pid.
+    #[serde(default)]
+    pub start_time: Option<u64>,
     pub qmp_socket: PathBuf,
     /// The definition the VM runs with.
     pub xml: String,
@@ -253,6 +257,7 @@ mod tests {
             name: "vm".into(),
             id: 3,
             pid: 42,
+            start_time: Some(7),
             qmp_socket: "/tmp/x".into(),
             xml: "<domain/>".into(),
             persistent: true,
