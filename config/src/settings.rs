@@ -110,6 +110,15 @@ pub struct Settings {
     pub qemu_binary: Option<String>,
     /// Deadline of every QMP command, in milliseconds.
     pub qmp_timeout_ms: u64,
+    /// Remote connections that have not yet authenticated (TLS handshake
+    /// and client-certificate check under way), as libvirtd's setting of
+    /// the same name; 0 turns the cap off. They do not take a
+    /// `max_clients` place until they authenticate, so they cannot lock
+    /// local clients out.
+    pub max_anonymous_clients: usize,
+    /// How long a TLS peer gets, from connecting to the go-ahead byte
+    /// (handshake and certificate checks), before it is dropped.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 fn session_dirs() -> (PathBuf, PathBuf) {
@@ -160,6 +169,8 @@ impl Settings {
             max_message_bytes: 16 * 1024 * 1024,
             qemu_binary: None,
             qmp_timeout_ms: 10_000,
+            max_anonymous_clients: 20,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 
@@ -198,6 +209,9 @@ impl Settings {
         parse_perms(&self.unix_sock_ro_perms).map_err(|e| format!("unix_sock_ro_perms: {e}"))?;
         if self.max_clients == 0 {
             return Err("max_clients must be at least 1".into());
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return Err("tls_handshake_timeout_ms must be at least 1".into());
         }
         // Below this not even the reply to the first call would fit.
         if self.max_message_bytes < MIN_MESSAGE_BYTES {

@@ -855,3 +855,53 @@ pub fn qemuctl_lifecycle(uri: &str, dir: &std::path::Path, name: &str) {
         "{msg}"
     );
 }
+
+/// Checks that the peer closes `s` within `within`: end of stream or a
+/// reset is a close; data or a read timeout is not (an idle connection
+/// that is still open must fail the check, not pass it).
+pub fn closed_by_peer<S: std::io::Read>(
+    s: &mut S,
+    within: Duration,
+    set_timeout: impl Fn(&S, Option<Duration>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    use std::io::ErrorKind::*;
+    set_timeout(s, Some(within)).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!("peer sent {n} bytes instead of closing")),
+        Err(e) if matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) => Ok(()),
+        Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => {
+            Err(format!("still open after {within:?}"))
+        }
+        Err(e) => Err(format!("read failed: {e}")),
+    }
+}
+
+/// `closed_by_peer` for a UNIX socket.
+pub fn unix_closed_by_peer(
+    s: &mut std::os::unix::net::UnixStream,
+    within: Duration,
+) -> Result<(), String> {
+    closed_by_peer(s, within, |s, t| s.set_read_timeout(t))
+}
+
+/// `closed_by_peer` for a TCP socket.
+pub fn tcp_closed_by_peer(s: &mut std::net::TcpStream, within: Duration) -> Result<(), String> {
+    closed_by_peer(s, within, |s, t| s.set_read_timeout(t))
+}
+
+/// Runs virsh with a deadline (a hung virsh fails instead of hanging the
+/// test).
+pub fn virsh_within(secs: u64, uri: &str, args: &[&str]) -> Run {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    Run::from(out)
+}
