@@ -222,6 +222,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
     /// Kills the daemon with SIGKILL, leaving its VMs running.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

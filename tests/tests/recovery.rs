@@ -192,8 +192,14 @@ fn reused_pids_are_never_signalled() {
     // processes were QEMUs (signalled first) or not.
     wait_until(30, "recovery done", || !live.exists() && !pidfile.exists());
     let state = virsh(&uri, &["domstate", "--reason", "gone"]);
-    assert!(recorded.try_wait().unwrap().is_none(), "recorded pid was signalled");
-    assert!(from_pidfile.try_wait().unwrap().is_none(), "pid-file pid was signalled");
+    assert!(
+        recorded.try_wait().unwrap().is_none(),
+        "recorded pid was signalled"
+    );
+    assert!(
+        from_pidfile.try_wait().unwrap().is_none(),
+        "pid-file pid was signalled"
+    );
     assert_eq!(state.ok().trim(), "shut off (daemon)");
     let _ = recorded.kill();
     let _ = recorded.wait();

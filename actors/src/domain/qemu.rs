@@ -538,7 +538,10 @@ mod tests {
         };
         assert!(!earlier.is_alive());
         assert!(!earlier.signal(Signal::SIGKILL));
-        assert!(child.try_wait().unwrap().is_none(), "the other process was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the other process was killed"
+        );
         // The process itself is signalled.
         assert!(me.signal(Signal::SIGKILL));
         child.wait().unwrap();
@@ -555,14 +558,16 @@ mod tests {
         std::fs::copy("/bin/sleep", &exe).unwrap();
         // ETXTBSY while another test's fork still holds the copy's fd.
         let mut child = (0..50)
-            .find_map(|_| match std::process::Command::new(&exe).arg("30").spawn() {
-                Ok(c) => Some(c),
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                    None
-                }
-                Err(e) => panic!("{e}"),
-            })
+            .find_map(
+                |_| match std::process::Command::new(&exe).arg("30").spawn() {
+                    Ok(c) => Some(c),
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                    Err(e) => panic!("{e}"),
+                },
+            )
             .unwrap();
         let pid = child.id() as i32;
         let (state, start) = proc_stat(pid).unwrap();

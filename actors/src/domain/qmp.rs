@@ -486,7 +486,10 @@ mod tests {
                     }
                 };
                 let event = b"{\"event\": \"STOP\", \"data\": {\"reason\": \"x\"}}\n".to_vec();
-                let reply = format!("{{\"return\": {{\"status\": \"paused\"}}, \"id\": {}}}\n", first["id"]);
+                let reply = format!(
+                    "{{\"return\": {{\"status\": \"paused\"}}, \"id\": {}}}\n",
+                    first["id"]
+                );
                 let mut bytes = event;
                 bytes.extend_from_slice(reply.as_bytes());
                 // Three-byte writes, each followed by a pause long enough
@@ -558,9 +561,19 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
         let mut dropped = 0;
         for _ in 0..EVENT_QUEUE {
-            forward_event(&json!({"event": "RTC_CHANGE", "data": {}}), &tx, &mut dropped).await;
+            forward_event(
+                &json!({"event": "RTC_CHANGE", "data": {}}),
+                &tx,
+                &mut dropped,
+            )
+            .await;
         }
-        forward_event(&json!({"event": "RTC_CHANGE", "data": {}}), &tx, &mut dropped).await;
+        forward_event(
+            &json!({"event": "RTC_CHANGE", "data": {}}),
+            &tx,
+            &mut dropped,
+        )
+        .await;
         assert_eq!(dropped, 1);
         // A state event waits for room instead of being dropped.
         let tx2 = tx.clone();
