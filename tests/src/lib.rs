@@ -222,6 +222,20 @@ impl Daemon {
         }
     }
 
+    /// Waits until `n` lifecycle event callbacks (event ID 0, any family)
+    /// were registered with this daemon since it started: a subscriber
+    /// such as `virsh event` is then in place.
+    #[track_caller]
+    pub fn wait_lifecycle_subscribers(&self, n: usize) {
+        wait_until(20, &format!("{n} event subscribers"), || {
+            self.log()
+                .lines()
+                .filter(|l| l.contains("event callback registered (") && l.contains(" event 0)"))
+                .count()
+                >= n
+        });
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("daemon running").id() as i32

@@ -355,6 +355,14 @@ impl Connection {
         }
         let id = self.next_callback_id;
         self.next_callback_id += 1;
+        // Tests wait for this line to know a subscriber is in place.
+        debug!(
+            conn = self.id,
+            callback = id,
+            "event callback registered ({:?} event {})",
+            cb.family,
+            cb.event_id
+        );
         self.callbacks.insert(id, cb);
         if !self.subscribed {
             self.subscribed = true;
