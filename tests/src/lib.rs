@@ -17,15 +17,93 @@ pub fn target_dir() -> PathBuf {
         .join("target")
 }
 
-/// A built binary of the workspace (`.ci/run` builds them before testing).
-pub fn binary(name: &str) -> PathBuf {
-    for profile in ["debug", "release"] {
-        let p = target_dir().join(profile).join(name);
-        if p.exists() {
-            return p;
+/// The workspace crates a binary is built from.
+fn crates_of(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "qemud" => &["protocol", "config", "actors", "daemon"],
+        "qemuctl" => &["protocol", "client"],
+        _ => &[],
+    }
+}
+
+/// The newest modification time among a crate's manifest and sources.
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::UNIX_EPOCH;
+    let mut todo = vec![dir.join("src")];
+    if let Ok(m) = std::fs::metadata(dir.join("Cargo.toml")).and_then(|m| m.modified()) {
+        newest = newest.max(m);
+    }
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else if let Ok(m) = meta.modified() {
+                newest = newest.max(m);
+            }
         }
     }
-    panic!("{name} is not built; run `cargo build --workspace` first");
+    newest
+}
+
+/// A built binary of the workspace (`.ci/run` builds them before testing).
+/// A binary older than any source it is built from is refused: the tests
+/// would otherwise drive yesterday's daemon and prove nothing about the
+/// code under test.
+pub fn binary(name: &str) -> PathBuf {
+    static CHECKED: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = checked.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crate_sources = || {
+        crates_of(name)
+            .iter()
+            .map(|c| newest_source(&workspace.join(c)))
+            .max()
+            .unwrap_or(std::time::UNIX_EPOCH)
+    };
+    let mut stale = Vec::new();
+    for profile in ["debug", "release"] {
+        let p = target_dir().join(profile).join(name);
+        let Ok(built) = std::fs::metadata(&p).and_then(|m| m.modified()) else {
+            continue;
+        };
+        // Cargo's dep-info beside the binary lists exactly the files it
+        // was built from; without it, every file of its crates counts.
+        let sources = match std::fs::read_to_string(p.with_extension("d")) {
+            Ok(depinfo) => depinfo
+                .split_once(": ")
+                .map(|(_, files)| files)
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .max()
+                .unwrap_or(std::time::UNIX_EPOCH),
+            Err(_) => crate_sources(),
+        };
+        if built >= sources {
+            checked.push((name.to_owned(), p.clone()));
+            return p;
+        }
+        stale.push(p);
+    }
+    if stale.is_empty() {
+        panic!("{name} is not built; run `cargo build --workspace --bins` first");
+    }
+    panic!(
+        "{} older than the sources it is built from; run `cargo build --workspace --bins` first",
+        stale
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+            + " is"
+    );
 }
 
 /// Whether KVM can be used here; tests fall back to TCG otherwise.
@@ -290,17 +368,21 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         // Never leave VMs behind: they were started for this test only.
+        // Only QEMUs this daemon started are killed: the pid from its run
+        // directory, and only while that process's command line still
+        // names this test's directory (a pid may have been reused since).
+        let dir = self.dir.path().to_string_lossy().into_owned();
         for pid in self.qemu_pids() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&dir))
+                .unwrap_or(false);
+            if ours {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
-        let _ = Command::new("pkill")
-            .arg("-9")
-            .arg("-f")
-            .arg(self.dir.path().to_string_lossy().as_ref())
-            .status();
     }
 }
 
@@ -853,14 +935,26 @@ pub fn qemuctl_lifecycle(uri: &str, dir: &std::path::Path, name: &str) {
     qemuctl(uri, &["suspend", name]).ok();
     assert_eq!(qemuctl(uri, &["domstate", name]).ok().trim(), "paused");
     qemuctl(uri, &["resume", name]).ok();
+    assert_eq!(
+        qemuctl(uri, &["domstate", "--reason", name]).ok().trim(),
+        "running (unpaused)"
+    );
     qemuctl(uri, &["reset", name]).ok();
+    assert_eq!(qemuctl(uri, &["domstate", name]).ok().trim(), "running");
     assert!(qemuctl(uri, &["dumpxml", name]).ok().contains("id='"));
     let j = qemuctl(uri, &["--json", "dominfo", name]);
     let v: serde_json::Value = serde_json::from_str(j.ok()).expect("json");
     assert_eq!(v["state"], "running");
     assert_eq!(v["persistent"], true);
+    let autostart = |want: bool| {
+        let j = qemuctl(uri, &["--json", "dominfo", name]);
+        let v: serde_json::Value = serde_json::from_str(j.ok()).expect("json");
+        assert_eq!(v["autostart"], want, "{v}");
+    };
     qemuctl(uri, &["autostart", name]).ok();
+    autostart(true);
     qemuctl(uri, &["autostart", "--disable", name]).ok();
+    autostart(false);
     qemuctl(uri, &["destroy", name]).ok();
     assert_eq!(
         qemuctl(uri, &["domstate", "--reason", name]).ok().trim(),

@@ -335,6 +335,8 @@ async fn run(
                     let _ = req.reply.send(Err(QmpError::Closed));
                     break;
                 }
+                // Tests wait for this line to know a command is in flight.
+                debug!(id, "QMP command {} sent", req.command);
                 pending.insert(id, (req.command, req.reply));
             }
             // Cancel-safe: a partial line stays in the reader's buffer when
