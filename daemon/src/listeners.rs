@@ -294,20 +294,8 @@ pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
         unix_paths: Vec::new(),
         tasks: Vec::new(),
     };
-    let rw = bind_unix(&s.unix_sock_path, &s.unix_sock_rw_perms).await?;
-    listeners.unix_paths.push(s.unix_sock_path.clone());
-    info!(path = %s.unix_sock_path.display(), "listening (read-write)");
-    listeners
-        .tasks
-        .push(serve_unix(rw, svc.clone(), admission.clone(), false));
-
-    let ro = bind_unix(&s.unix_sock_ro_path, &s.unix_sock_ro_perms).await?;
-    listeners.unix_paths.push(s.unix_sock_ro_path.clone());
-    info!(path = %s.unix_sock_ro_path.display(), "listening (read-only)");
-    listeners
-        .tasks
-        .push(serve_unix(ro, svc.clone(), admission.clone(), true));
-
+    // Network listeners first: once the UNIX socket exists (what local
+    // clients and supervisors wait for), every listener is bound.
     if s.listen_tcp {
         if s.auth_tcp != "none" {
             return Err(format!(
@@ -332,9 +320,23 @@ pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
         listeners.tasks.push(serve_tls(
             listener,
             svc.clone(),
-            admission,
+            admission.clone(),
             tokio_rustls::TlsAcceptor::from(config),
         ));
     }
+    let rw = bind_unix(&s.unix_sock_path, &s.unix_sock_rw_perms).await?;
+    listeners.unix_paths.push(s.unix_sock_path.clone());
+    info!(path = %s.unix_sock_path.display(), "listening (read-write)");
+    listeners
+        .tasks
+        .push(serve_unix(rw, svc.clone(), admission.clone(), false));
+
+    let ro = bind_unix(&s.unix_sock_ro_path, &s.unix_sock_ro_perms).await?;
+    listeners.unix_paths.push(s.unix_sock_ro_path.clone());
+    info!(path = %s.unix_sock_ro_path.display(), "listening (read-only)");
+    listeners
+        .tasks
+        .push(serve_unix(ro, svc.clone(), admission, true));
+
     Ok(listeners)
 }
