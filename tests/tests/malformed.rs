@@ -1,7 +1,7 @@
 //! Issue 2: hostile or broken input never takes the daemon down, never makes
 //! it allocate much, and leaves other clients untouched.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 

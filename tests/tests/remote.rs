@@ -1,7 +1,7 @@
 //! Issue 5: TCP and TLS listeners, client certificate checks, read-only
 //! clients, client limits and keepalive.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};

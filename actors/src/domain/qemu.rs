@@ -279,8 +279,7 @@ pub async fn attach(
 async fn watch(
     uuid: Uuid,
     run: u64,
-    pid: i32,
-    identity: Option<ProcessIdentity>,
+    (pid, identity): (i32, Option<ProcessIdentity>),
     mut events: mpsc::Receiver<QmpEvent>,
     child: Option<Child>,
     registry: Recipient<VmNotice>,
@@ -404,8 +403,7 @@ impl QemuVm {
         actix_rt::spawn(watch(
             uuid,
             run,
-            pid,
-            identity,
+            (pid, identity),
             events,
             child,
             registry,
