@@ -558,6 +558,11 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// How long a test guest may take to boot (or reboot, or power off). A
+/// TCG guest on two cores shared with builds and other tests can be many
+/// times slower than on an idle machine.
+pub const GUEST_BOOT_SECS: u64 = 300;
+
 /// Waits until the guest prints its ready marker (it then handles the
 /// ACPI power button).
 pub fn wait_guest_ready(dir: &Path, name: &str, secs: u64) {

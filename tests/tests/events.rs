@@ -74,7 +74,7 @@ fn guest_power_off_yields_shutdown_guest_then_stopped_shutdown() {
     d.wait_lifecycle_subscribers(1);
     virsh(&uri, &["start", "acpi"]).ok();
     w.expect("Started Booted", 10);
-    wait_guest_ready(d.dir.path(), "acpi", 120);
+    wait_guest_ready(d.dir.path(), "acpi", GUEST_BOOT_SECS);
     virsh(&uri, &["shutdown", "acpi"]).ok();
     w.expect(
         "event 'lifecycle' for domain 'acpi': Shutdown Finished after guest request",

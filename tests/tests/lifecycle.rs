@@ -90,19 +90,19 @@ fn virsh_full_lifecycle() {
     // power-off and comes back; a real ACPI shutdown stops it.
     virsh(&uri, &["start", "life"]).ok();
     assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
-    wait_guest_ready(d.dir.path(), "life", 120);
+    wait_guest_ready(d.dir.path(), "life", GUEST_BOOT_SECS);
     let log = serial_log(d.dir.path(), "life");
     virsh(&uri, &["reboot", "life"]).ok();
-    wait_until(60, "guest reboot", || {
+    wait_until(GUEST_BOOT_SECS, "guest reboot", || {
         std::fs::read_to_string(&log)
             .map(|t| t.matches("QEMUD-GUEST-READY").count() >= 2)
             .unwrap_or(false)
     });
     assert_eq!(virsh(&uri, &["domstate", "life"]).ok().trim(), "running");
     assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
-    wait_guest_ready(d.dir.path(), "life", 120);
+    wait_guest_ready(d.dir.path(), "life", GUEST_BOOT_SECS);
     virsh(&uri, &["shutdown", "life"]).ok();
-    wait_until(60, "guest shutdown", || {
+    wait_until(GUEST_BOOT_SECS, "guest shutdown", || {
         virsh(&uri, &["domstate", "life"]).stdout.trim() == "shut off"
     });
     assert_eq!(
@@ -333,13 +333,13 @@ fn ignored_reboot_does_not_turn_shutdown_into_reset() {
         virsh(&uri, &["destroy", "rb"]).ok();
     }
     assert!(ignored, "the guest was ready before every reboot request");
-    wait_guest_ready(dir, "rb", 120);
+    wait_guest_ready(dir, "rb", GUEST_BOOT_SECS);
     // The guest booted once and nothing reset it.
     assert_eq!(ready_count(), 1);
     assert_eq!(virsh(&uri, &["domstate", "rb"]).ok().trim(), "running");
 
     virsh(&uri, &["shutdown", "rb"]).ok();
-    wait_until(60, "guest power-off", || {
+    wait_until(GUEST_BOOT_SECS, "guest power-off", || {
         virsh(&uri, &["domstate", "rb"]).stdout.trim() == "shut off" || ready_count() > 1
     });
     assert_eq!(ready_count(), 1, "the power-off was turned into a reset");
