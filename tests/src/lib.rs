@@ -565,13 +565,65 @@ pub const GUEST_BOOT_SECS: u64 = 300;
 
 /// Waits until the guest prints its ready marker (it then handles the
 /// ACPI power button).
+#[track_caller]
 pub fn wait_guest_ready(dir: &Path, name: &str, secs: u64) {
     let log = serial_log(dir, name);
-    wait_until(secs, &format!("guest {name} ready"), || {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("QEMUD-GUEST-READY") {
+            return;
+        }
+        if Instant::now() >= until {
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let qemu_log = std::fs::read_dir(dir.join("state").join("log"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "timed out waiting for guest {name} ready; serial log ends with:\n{}\nQEMU logs:\n{qemu_log}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `virsh VERB NAME` (shutdown or reboot: an ACPI power-button
+/// press) until the guest acts on it, i.e. prints its power-off marker.
+/// The guest prints its ready marker just before it opens the button
+/// device, so on a loaded host a press right after "ready" can still be
+/// lost; it is repeated if the guest shows no reaction within 20 s.
+#[track_caller]
+pub fn press_until_guest_powers_off(uri: &str, verb: &str, dir: &Path, name: &str) {
+    let log = serial_log(dir, name);
+    let powered_off = || {
         std::fs::read_to_string(&log)
-            .map(|t| t.contains("QEMUD-GUEST-READY"))
-            .unwrap_or(false)
-    });
+            .map(|t| t.matches("QEMUD-GUEST-POWEROFF").count())
+            .unwrap_or(0)
+    };
+    let before = powered_off();
+    let until = Instant::now() + Duration::from_secs(GUEST_BOOT_SECS);
+    virsh(uri, &[verb, name]).ok();
+    loop {
+        let again = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < again {
+            if powered_off() > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            Instant::now() < until,
+            "guest {name} never acted on `virsh {verb}`"
+        );
+        // A repeat may race with the guest's power-off: its result does
+        // not matter, the marker does.
+        let _ = virsh(uri, &[verb, name]);
+    }
 }
 
 /// A spawned long-running client (e.g. `virsh event --loop`) whose output

@@ -75,7 +75,7 @@ fn guest_power_off_yields_shutdown_guest_then_stopped_shutdown() {
     virsh(&uri, &["start", "acpi"]).ok();
     w.expect("Started Booted", 10);
     wait_guest_ready(d.dir.path(), "acpi", GUEST_BOOT_SECS);
-    virsh(&uri, &["shutdown", "acpi"]).ok();
+    press_until_guest_powers_off(&uri, "shutdown", d.dir.path(), "acpi");
     w.expect(
         "event 'lifecycle' for domain 'acpi': Shutdown Finished after guest request",
         60,

@@ -92,7 +92,7 @@ fn virsh_full_lifecycle() {
     assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
     wait_guest_ready(d.dir.path(), "life", GUEST_BOOT_SECS);
     let log = serial_log(d.dir.path(), "life");
-    virsh(&uri, &["reboot", "life"]).ok();
+    press_until_guest_powers_off(&uri, "reboot", d.dir.path(), "life");
     wait_until(GUEST_BOOT_SECS, "guest reboot", || {
         std::fs::read_to_string(&log)
             .map(|t| t.matches("QEMUD-GUEST-READY").count() >= 2)
@@ -101,7 +101,7 @@ fn virsh_full_lifecycle() {
     assert_eq!(virsh(&uri, &["domstate", "life"]).ok().trim(), "running");
     assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
     wait_guest_ready(d.dir.path(), "life", GUEST_BOOT_SECS);
-    virsh(&uri, &["shutdown", "life"]).ok();
+    press_until_guest_powers_off(&uri, "shutdown", d.dir.path(), "life");
     wait_until(GUEST_BOOT_SECS, "guest shutdown", || {
         virsh(&uri, &["domstate", "life"]).stdout.trim() == "shut off"
     });
@@ -338,7 +338,7 @@ fn ignored_reboot_does_not_turn_shutdown_into_reset() {
     assert_eq!(ready_count(), 1);
     assert_eq!(virsh(&uri, &["domstate", "rb"]).ok().trim(), "running");
 
-    virsh(&uri, &["shutdown", "rb"]).ok();
+    press_until_guest_powers_off(&uri, "shutdown", dir, "rb");
     wait_until(GUEST_BOOT_SECS, "guest power-off", || {
         virsh(&uri, &["domstate", "rb"]).stdout.trim() == "shut off" || ready_count() > 1
     });
