@@ -129,6 +129,15 @@ pub struct Settings {
     /// How long statistics wait for one domain's monitor, in milliseconds;
     /// a domain that does not answer in time gets a partial record.
     pub stats_timeout_ms: u64,
+    /// Remote connections that have not yet authenticated (TLS handshake
+    /// and client-certificate check under way), as libvirtd's setting of
+    /// the same name; 0 turns the cap off. They do not take a
+    /// `max_clients` place until they authenticate, so they cannot lock
+    /// local clients out.
+    pub max_anonymous_clients: usize,
+    /// How long a TLS peer gets, from connecting to the go-ahead byte
+    /// (handshake and certificate checks), before it is dropped.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 fn session_dirs() -> (PathBuf, PathBuf) {
@@ -185,6 +194,8 @@ impl Settings {
             log_format: "text".into(),
             metrics_addr: None,
             stats_timeout_ms: 1500,
+            max_anonymous_clients: 20,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 
@@ -232,6 +243,9 @@ impl Settings {
         }
         if self.max_client_queue_bytes == 0 || self.max_total_queue_bytes == 0 {
             return Err("max_client_queue_bytes and max_total_queue_bytes must be positive".into());
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return Err("tls_handshake_timeout_ms must be at least 1".into());
         }
         // Below this not even the reply to the first call would fit.
         if self.max_message_bytes < MIN_MESSAGE_BYTES {

@@ -9,16 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use qemud_actors::rpc::connection::{ClientSlot, Connection, PeerInfo};
 use qemud_actors::Services;
 
 use crate::tls;
-
-/// How long a TLS client may take over its handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The open listeners; closing removes the socket files.
 pub struct Listeners {
@@ -60,11 +58,14 @@ async fn bind_unix(path: &Path, mode: &str) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// Counts connections against `max_clients`.
+/// Counts connections against `max_clients`, and remote connections that
+/// have not authenticated yet against `max_anonymous_clients`.
 #[derive(Clone)]
 struct Admission {
     active: Arc<AtomicUsize>,
     max: usize,
+    anonymous: Arc<AtomicUsize>,
+    max_anonymous: usize,
 }
 
 impl Admission {
@@ -80,6 +81,25 @@ impl Admission {
                 None
             }
         }
+    }
+
+    /// A place among the peers still authenticating. It is separate from
+    /// `max_clients`: a crowd of peers that never finish their handshake
+    /// fills this cap and is refused, while local clients (and remote ones
+    /// that did authenticate) still get in.
+    fn admit_anonymous(&self, who: &str) -> Option<ClientSlot> {
+        let max = match self.max_anonymous {
+            0 => usize::MAX,
+            n => n,
+        };
+        let slot = ClientSlot::try_take(&self.anonymous, max);
+        if slot.is_none() {
+            warn!(
+                peer = who,
+                "too many clients waiting for authentication ({max}), dropping connection"
+            );
+        }
+        slot
     }
 }
 
@@ -175,52 +195,35 @@ fn serve_tls(
                     continue;
                 }
             };
-            let Some(slot) = admission.admit(&format!("tls {addr}")) else {
+            let Some(anonymous) = admission.admit_anonymous(&format!("tls {addr}")) else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let svc = svc.clone();
-            // Handshakes run on their own so a slow client holds up no one.
+            let admission = admission.clone();
+            let deadline = Duration::from_millis(svc.settings.tls_handshake_timeout_ms);
+            // Handshakes run on their own so a slow client holds up no one;
+            // the deadline covers everything up to the go-ahead byte.
             actix_rt::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                let mut tls = match handshake {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        warn!(peer = %addr, "TLS handshake failed: {e}");
-                        return;
-                    }
+                let authenticated = tokio::time::timeout(
+                    deadline,
+                    authenticate(acceptor, stream, addr, svc.clone()),
+                )
+                .await;
+                let (tls, dn) = match authenticated {
+                    Ok(Some(x)) => x,
+                    Ok(None) => return,
                     Err(_) => {
-                        warn!(peer = %addr, "TLS handshake timed out");
+                        warn!(peer = %addr, "TLS handshake timed out; dropping connection");
                         return;
                     }
                 };
-                let dn = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| tls::subject_dn(c.as_ref()));
-                let dn = match dn {
-                    Some(Ok(dn)) => dn,
-                    Some(Err(e)) => {
-                        warn!(peer = %addr, "{e}");
-                        return;
-                    }
-                    None => {
-                        warn!(peer = %addr, "client sent no certificate");
-                        return;
-                    }
+                // Only now does the peer take one of the shared places.
+                let Some(slot) = admission.admit(&format!("tls {addr} DN={dn}")) else {
+                    return;
                 };
-                if !tls::dn_allowed(&svc.settings.tls_allowed_dn_list, &dn) {
-                    warn!(peer = %addr, dn = %dn, "client certificate DN is not in tls_allowed_dn_list; refusing");
-                    return;
-                }
-                // libvirt clients wait for this byte before any RPC.
-                if tls.write_all(&[1]).await.is_err() || tls.flush().await.is_err() {
-                    return;
-                }
+                drop(anonymous);
                 Connection::start(
                     tls,
                     svc,
@@ -236,30 +239,63 @@ fn serve_tls(
     })
 }
 
+/// The TLS handshake, the client-certificate checks and the go-ahead byte;
+/// the stream and the client's DN when all passed.
+async fn authenticate(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+    svc: Arc<Services>,
+) -> Option<(TlsStream<TcpStream>, String)> {
+    let mut tls = match acceptor.accept(stream).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(peer = %addr, "TLS handshake failed: {e}");
+            return None;
+        }
+    };
+    let dn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| tls::subject_dn(c.as_ref()));
+    let dn = match dn {
+        Some(Ok(dn)) => dn,
+        Some(Err(e)) => {
+            warn!(peer = %addr, "{e}");
+            return None;
+        }
+        None => {
+            warn!(peer = %addr, "client sent no certificate");
+            return None;
+        }
+    };
+    if !tls::dn_allowed(&svc.settings.tls_allowed_dn_list, &dn) {
+        warn!(peer = %addr, dn = %dn, "client certificate DN is not in tls_allowed_dn_list; refusing");
+        return None;
+    }
+    // libvirt clients wait for this byte before any RPC.
+    if tls.write_all(&[1]).await.is_err() || tls.flush().await.is_err() {
+        return None;
+    }
+    Some((tls, dn))
+}
+
 pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
     let s = &svc.settings;
     let admission = Admission {
         active: Arc::new(AtomicUsize::new(0)),
         max: s.max_clients,
+        anonymous: Arc::new(AtomicUsize::new(0)),
+        max_anonymous: s.max_anonymous_clients,
     };
     let mut listeners = Listeners {
         unix_paths: Vec::new(),
         tasks: Vec::new(),
     };
-    let rw = bind_unix(&s.unix_sock_path, &s.unix_sock_rw_perms).await?;
-    listeners.unix_paths.push(s.unix_sock_path.clone());
-    info!(path = %s.unix_sock_path.display(), "listening (read-write)");
-    listeners
-        .tasks
-        .push(serve_unix(rw, svc.clone(), admission.clone(), false));
-
-    let ro = bind_unix(&s.unix_sock_ro_path, &s.unix_sock_ro_perms).await?;
-    listeners.unix_paths.push(s.unix_sock_ro_path.clone());
-    info!(path = %s.unix_sock_ro_path.display(), "listening (read-only)");
-    listeners
-        .tasks
-        .push(serve_unix(ro, svc.clone(), admission.clone(), true));
-
+    // Network listeners first: once the UNIX socket exists (what local
+    // clients and supervisors wait for), every listener is bound.
     if s.listen_tcp {
         if s.auth_tcp != "none" {
             return Err(format!(
@@ -284,9 +320,23 @@ pub async fn start(svc: Arc<Services>) -> Result<Listeners, String> {
         listeners.tasks.push(serve_tls(
             listener,
             svc.clone(),
-            admission,
+            admission.clone(),
             tokio_rustls::TlsAcceptor::from(config),
         ));
     }
+    let rw = bind_unix(&s.unix_sock_path, &s.unix_sock_rw_perms).await?;
+    listeners.unix_paths.push(s.unix_sock_path.clone());
+    info!(path = %s.unix_sock_path.display(), "listening (read-write)");
+    listeners
+        .tasks
+        .push(serve_unix(rw, svc.clone(), admission.clone(), false));
+
+    let ro = bind_unix(&s.unix_sock_ro_path, &s.unix_sock_ro_perms).await?;
+    listeners.unix_paths.push(s.unix_sock_ro_path.clone());
+    info!(path = %s.unix_sock_ro_path.display(), "listening (read-only)");
+    listeners
+        .tasks
+        .push(serve_unix(ro, svc.clone(), admission, true));
+
     Ok(listeners)
 }

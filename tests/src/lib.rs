@@ -17,15 +17,93 @@ pub fn target_dir() -> PathBuf {
         .join("target")
 }
 
-/// A built binary of the workspace (`.ci/run` builds them before testing).
-pub fn binary(name: &str) -> PathBuf {
-    for profile in ["debug", "release"] {
-        let p = target_dir().join(profile).join(name);
-        if p.exists() {
-            return p;
+/// The workspace crates a binary is built from.
+fn crates_of(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "qemud" => &["protocol", "config", "actors", "daemon"],
+        "qemuctl" => &["protocol", "client"],
+        _ => &[],
+    }
+}
+
+/// The newest modification time among a crate's manifest and sources.
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::UNIX_EPOCH;
+    let mut todo = vec![dir.join("src")];
+    if let Ok(m) = std::fs::metadata(dir.join("Cargo.toml")).and_then(|m| m.modified()) {
+        newest = newest.max(m);
+    }
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else if let Ok(m) = meta.modified() {
+                newest = newest.max(m);
+            }
         }
     }
-    panic!("{name} is not built; run `cargo build --workspace` first");
+    newest
+}
+
+/// A built binary of the workspace (`.ci/run` builds them before testing).
+/// A binary older than any source it is built from is refused: the tests
+/// would otherwise drive yesterday's daemon and prove nothing about the
+/// code under test.
+pub fn binary(name: &str) -> PathBuf {
+    static CHECKED: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = checked.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crate_sources = || {
+        crates_of(name)
+            .iter()
+            .map(|c| newest_source(&workspace.join(c)))
+            .max()
+            .unwrap_or(std::time::UNIX_EPOCH)
+    };
+    let mut stale = Vec::new();
+    for profile in ["debug", "release"] {
+        let p = target_dir().join(profile).join(name);
+        let Ok(built) = std::fs::metadata(&p).and_then(|m| m.modified()) else {
+            continue;
+        };
+        // Cargo's dep-info beside the binary lists exactly the files it
+        // was built from; without it, every file of its crates counts.
+        let sources = match std::fs::read_to_string(p.with_extension("d")) {
+            Ok(depinfo) => depinfo
+                .split_once(": ")
+                .map(|(_, files)| files)
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .max()
+                .unwrap_or(std::time::UNIX_EPOCH),
+            Err(_) => crate_sources(),
+        };
+        if built >= sources {
+            checked.push((name.to_owned(), p.clone()));
+            return p;
+        }
+        stale.push(p);
+    }
+    if stale.is_empty() {
+        panic!("{name} is not built; run `cargo build --workspace --bins` first");
+    }
+    panic!(
+        "{} older than the sources it is built from; run `cargo build --workspace --bins` first",
+        stale
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+            + " is"
+    );
 }
 
 /// Whether KVM can be used here; tests fall back to TCG otherwise.
@@ -222,6 +300,25 @@ impl Daemon {
         }
     }
 
+    /// Waits until `n` lifecycle event callbacks (event ID 0, any family)
+    /// were registered with this daemon since it started: a subscriber
+    /// such as `virsh event` is then in place.
+    #[track_caller]
+    pub fn wait_lifecycle_subscribers(&self, n: usize) {
+        wait_until(20, &format!("{n} event subscribers"), || {
+            self.log()
+                .lines()
+                .filter(|l| l.contains("event callback registered (") && l.contains(" event 0)"))
+                .count()
+                >= n
+        });
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
     /// Kills the daemon with SIGKILL, leaving its VMs running.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -271,17 +368,21 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         // Never leave VMs behind: they were started for this test only.
+        // Only QEMUs this daemon started are killed: the pid from its run
+        // directory, and only while that process's command line still
+        // names this test's directory (a pid may have been reused since).
+        let dir = self.dir.path().to_string_lossy().into_owned();
         for pid in self.qemu_pids() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&dir))
+                .unwrap_or(false);
+            if ours {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
-        let _ = Command::new("pkill")
-            .arg("-9")
-            .arg("-f")
-            .arg(self.dir.path().to_string_lossy().as_ref())
-            .status();
     }
 }
 
@@ -397,7 +498,9 @@ pub fn guest() -> Guest {
 
 /// Domain XML booting the test guest. Its serial output is also logged
 /// to `serial_log(dir, name)` so tests can wait for the guest to be ready
-/// for ACPI events.
+/// for ACPI events. `no_timer_check`: a TCG vCPU starved of host CPU fails
+/// the kernel's IO-APIC timer check ("IO-APIC + timer doesn't work!") and
+/// panics; the check proves nothing about a virtual machine.
 pub fn guest_xml(dir: &Path, name: &str, memory_mib: u32) -> String {
     let g = guest();
     format!(
@@ -409,7 +512,7 @@ pub fn guest_xml(dir: &Path, name: &str, memory_mib: u32) -> String {
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
+    <cmdline>console=ttyS0 panic=-1 quiet no_timer_check</cmdline>
   </os>
   <features><acpi/></features>
   <devices>
@@ -457,15 +560,72 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// How long a test guest may take to boot (or reboot, or power off). A
+/// TCG guest on two cores shared with builds and other tests can be many
+/// times slower than on an idle machine.
+pub const GUEST_BOOT_SECS: u64 = 300;
+
 /// Waits until the guest prints its ready marker (it then handles the
 /// ACPI power button).
+#[track_caller]
 pub fn wait_guest_ready(dir: &Path, name: &str, secs: u64) {
     let log = serial_log(dir, name);
-    wait_until(secs, &format!("guest {name} ready"), || {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("QEMUD-GUEST-READY") {
+            return;
+        }
+        if Instant::now() >= until {
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let qemu_log = std::fs::read_dir(dir.join("state").join("log"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "timed out waiting for guest {name} ready; serial log ends with:\n{}\nQEMU logs:\n{qemu_log}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `virsh VERB NAME` (shutdown or reboot: an ACPI power-button
+/// press) until the guest acts on it, i.e. prints its power-off marker.
+/// The guest prints its ready marker just before it opens the button
+/// device, so on a loaded host a press right after "ready" can still be
+/// lost; it is repeated if the guest shows no reaction within 20 s.
+#[track_caller]
+pub fn press_until_guest_powers_off(uri: &str, verb: &str, dir: &Path, name: &str) {
+    let log = serial_log(dir, name);
+    let powered_off = || {
         std::fs::read_to_string(&log)
-            .map(|t| t.contains("QEMUD-GUEST-READY"))
-            .unwrap_or(false)
-    });
+            .map(|t| t.matches("QEMUD-GUEST-POWEROFF").count())
+            .unwrap_or(0)
+    };
+    let before = powered_off();
+    let until = Instant::now() + Duration::from_secs(GUEST_BOOT_SECS);
+    virsh(uri, &[verb, name]).ok();
+    loop {
+        let again = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < again {
+            if powered_off() > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            Instant::now() < until,
+            "guest {name} never acted on `virsh {verb}`"
+        );
+        // A repeat may race with the guest's power-off: its result does
+        // not matter, the marker does.
+        let _ = virsh(uri, &[verb, name]);
+    }
 }
 
 /// A spawned long-running client (e.g. `virsh event --loop`) whose output
@@ -834,14 +994,26 @@ pub fn qemuctl_lifecycle(uri: &str, dir: &std::path::Path, name: &str) {
     qemuctl(uri, &["suspend", name]).ok();
     assert_eq!(qemuctl(uri, &["domstate", name]).ok().trim(), "paused");
     qemuctl(uri, &["resume", name]).ok();
+    assert_eq!(
+        qemuctl(uri, &["domstate", "--reason", name]).ok().trim(),
+        "running (unpaused)"
+    );
     qemuctl(uri, &["reset", name]).ok();
+    assert_eq!(qemuctl(uri, &["domstate", name]).ok().trim(), "running");
     assert!(qemuctl(uri, &["dumpxml", name]).ok().contains("id='"));
     let j = qemuctl(uri, &["--json", "dominfo", name]);
     let v: serde_json::Value = serde_json::from_str(j.ok()).expect("json");
     assert_eq!(v["state"], "running");
     assert_eq!(v["persistent"], true);
+    let autostart = |want: bool| {
+        let j = qemuctl(uri, &["--json", "dominfo", name]);
+        let v: serde_json::Value = serde_json::from_str(j.ok()).expect("json");
+        assert_eq!(v["autostart"], want, "{v}");
+    };
     qemuctl(uri, &["autostart", name]).ok();
+    autostart(true);
     qemuctl(uri, &["autostart", "--disable", name]).ok();
+    autostart(false);
     qemuctl(uri, &["destroy", name]).ok();
     assert_eq!(
         qemuctl(uri, &["domstate", "--reason", name]).ok().trim(),
@@ -854,4 +1026,54 @@ pub fn qemuctl_lifecycle(uri: &str, dir: &std::path::Path, name: &str) {
         msg.contains("Domain not found") && msg.contains("VIR_ERR_NO_DOMAIN"),
         "{msg}"
     );
+}
+
+/// Checks that the peer closes `s` within `within`: end of stream or a
+/// reset is a close; data or a read timeout is not (an idle connection
+/// that is still open must fail the check, not pass it).
+pub fn closed_by_peer<S: std::io::Read>(
+    s: &mut S,
+    within: Duration,
+    set_timeout: impl Fn(&S, Option<Duration>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    use std::io::ErrorKind::*;
+    set_timeout(s, Some(within)).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!("peer sent {n} bytes instead of closing")),
+        Err(e) if matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) => Ok(()),
+        Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => {
+            Err(format!("still open after {within:?}"))
+        }
+        Err(e) => Err(format!("read failed: {e}")),
+    }
+}
+
+/// `closed_by_peer` for a UNIX socket.
+pub fn unix_closed_by_peer(
+    s: &mut std::os::unix::net::UnixStream,
+    within: Duration,
+) -> Result<(), String> {
+    closed_by_peer(s, within, |s, t| s.set_read_timeout(t))
+}
+
+/// `closed_by_peer` for a TCP socket.
+pub fn tcp_closed_by_peer(s: &mut std::net::TcpStream, within: Duration) -> Result<(), String> {
+    closed_by_peer(s, within, |s, t| s.set_read_timeout(t))
+}
+
+/// Runs virsh with a deadline (a hung virsh fails instead of hanging the
+/// test).
+pub fn virsh_within(secs: u64, uri: &str, args: &[&str]) -> Run {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    Run::from(out)
 }

@@ -90,19 +90,19 @@ fn virsh_full_lifecycle() {
     // power-off and comes back; a real ACPI shutdown stops it.
     virsh(&uri, &["start", "life"]).ok();
     assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
-    wait_guest_ready(d.dir.path(), "life", 120);
+    wait_guest_ready(d.dir.path(), "life", GUEST_BOOT_SECS);
     let log = serial_log(d.dir.path(), "life");
-    virsh(&uri, &["reboot", "life"]).ok();
-    wait_until(60, "guest reboot", || {
+    press_until_guest_powers_off(&uri, "reboot", d.dir.path(), "life");
+    wait_until(GUEST_BOOT_SECS, "guest reboot", || {
         std::fs::read_to_string(&log)
             .map(|t| t.matches("QEMUD-GUEST-READY").count() >= 2)
             .unwrap_or(false)
     });
     assert_eq!(virsh(&uri, &["domstate", "life"]).ok().trim(), "running");
     assert_eq!(virsh(&uri, &["domid", "life"]).ok().trim(), "2");
-    wait_guest_ready(d.dir.path(), "life", 120);
-    virsh(&uri, &["shutdown", "life"]).ok();
-    wait_until(60, "guest shutdown", || {
+    wait_guest_ready(d.dir.path(), "life", GUEST_BOOT_SECS);
+    press_until_guest_powers_off(&uri, "shutdown", d.dir.path(), "life");
+    wait_until(GUEST_BOOT_SECS, "guest shutdown", || {
         virsh(&uri, &["domstate", "life"]).stdout.trim() == "shut off"
     });
     assert_eq!(
@@ -300,4 +300,51 @@ print("ok")
         ),
     );
     assert_eq!(r.ok().trim(), "ok", "{}", r.stderr);
+}
+
+/// Issue 19: a `virsh reboot` the guest ignores must not linger: libvirt
+/// forgets it on `shutdown` (and on reset or destroy), so the guest's next
+/// power-off stops the domain instead of resetting it.
+#[test]
+fn ignored_reboot_does_not_turn_shutdown_into_reset() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path();
+    let xml = write_xml(dir, "rb", &guest_xml(dir, "rb", 256));
+    virsh(&uri, &["define", xml.to_str().unwrap()]).ok();
+    let log = serial_log(dir, "rb");
+    let ready_count = || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.matches("QEMUD-GUEST-READY").count())
+            .unwrap_or(0)
+    };
+    // The guest listens to its power button only from its ready marker
+    // on; a press before that is lost, like an OS that ignores it. The
+    // press must have been made before the marker appeared, which a
+    // slow host may not allow on the first try.
+    let mut ignored = false;
+    for _ in 0..3 {
+        virsh(&uri, &["start", "rb"]).ok();
+        virsh(&uri, &["reboot", "rb"]).ok();
+        if ready_count() == 0 {
+            ignored = true;
+            break;
+        }
+        virsh(&uri, &["destroy", "rb"]).ok();
+    }
+    assert!(ignored, "the guest was ready before every reboot request");
+    wait_guest_ready(dir, "rb", GUEST_BOOT_SECS);
+    // The guest booted once and nothing reset it.
+    assert_eq!(ready_count(), 1);
+    assert_eq!(virsh(&uri, &["domstate", "rb"]).ok().trim(), "running");
+
+    press_until_guest_powers_off(&uri, "shutdown", dir, "rb");
+    wait_until(GUEST_BOOT_SECS, "guest power-off", || {
+        virsh(&uri, &["domstate", "rb"]).stdout.trim() == "shut off" || ready_count() > 1
+    });
+    assert_eq!(ready_count(), 1, "the power-off was turned into a reset");
+    assert_eq!(
+        virsh(&uri, &["domstate", "--reason", "rb"]).ok().trim(),
+        "shut off (shutdown)"
+    );
 }

@@ -36,7 +36,7 @@ fn qemuctl_event_loop() {
         "--timeout",
         "60",
     ]));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    d.wait_lifecycle_subscribers(1);
     let x = write_xml(d.dir.path(), "e", &tiny_xml("e"));
     qemuctl(&uri, &["define", x.to_str().unwrap()]).ok();
     qemuctl(&uri, &["start", "e"]).ok();

@@ -125,3 +125,84 @@ fn qemu_of_an_interrupted_start_is_cleaned_up() {
     virsh(&uri, &["start", "half"]).ok();
     virsh(&uri, &["destroy", "half"]).ok();
 }
+
+/// A process that names `uuid` on its command line, as a QEMU of that
+/// domain would, but is not one.
+fn impostor(uuid: &str) -> std::process::Child {
+    std::process::Command::new("python3")
+        .args(["-c", "import time; time.sleep(600)", uuid])
+        .spawn()
+        .expect("spawn impostor")
+}
+
+fn wait_gone(pid: i32) {
+    wait_until(20, "QEMU gone", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    });
+}
+
+/// Issue 19: a pid recorded by an earlier daemon may belong to another
+/// process by the time the daemon restarts. The daemon identifies its
+/// QEMUs by pid and start time, and never signals a process that merely
+/// has the recorded pid and names the domain.
+#[test]
+fn reused_pids_are_never_signalled() {
+    let mut d = Daemon::start();
+    let uri = d.uri();
+    let x = write_xml(d.dir.path(), "gone", &tiny_xml("gone"));
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    virsh(&uri, &["start", "gone"]).ok();
+    let uuid = virsh(&uri, &["domuuid", "gone"]).ok().trim().to_owned();
+    let qemu = d.qemu_pid("gone");
+    d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(qemu);
+
+    // The live record now names a process that took over "the" pid.
+    let mut recorded = impostor(&uuid);
+    let live = d.run_dir().join("live").join(format!("{uuid}.json"));
+    let mut rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&live).unwrap()).unwrap();
+    assert!(rec["start_time"].as_u64().is_some(), "{rec}");
+    rec["pid"] = serde_json::json!(recorded.id());
+    std::fs::write(&live, rec.to_string()).unwrap();
+
+    // A pid file left by an interrupted start, written before the process
+    // now holding that pid started.
+    let ghost = "4b1fd6a8-7c2e-4d7e-9a55-0b9a3c1e2f10";
+    let mut from_pidfile = impostor(ghost);
+    let pidfile = d.run_dir().join("pid").join(format!("{ghost}.pid"));
+    std::fs::write(&pidfile, format!("{}\n", from_pidfile.id())).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&pidfile)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+
+    d.restart();
+    // Recovery ends with both records gone, whether it decided the
+    // processes were QEMUs (signalled first) or not.
+    wait_until(30, "recovery done", || !live.exists() && !pidfile.exists());
+    let state = virsh(&uri, &["domstate", "--reason", "gone"]);
+    assert!(
+        recorded.try_wait().unwrap().is_none(),
+        "recorded pid was signalled"
+    );
+    assert!(
+        from_pidfile.try_wait().unwrap().is_none(),
+        "pid-file pid was signalled"
+    );
+    assert_eq!(state.ok().trim(), "shut off (daemon)");
+    let _ = recorded.kill();
+    let _ = recorded.wait();
+    let _ = from_pidfile.kill();
+    let _ = from_pidfile.wait();
+}

@@ -2,11 +2,12 @@
 //! sshd on a loopback port. libvirt's ssh transport runs `nc -U SOCKET` on
 //! the remote host: with `?socket=` that is qemud's socket; without it,
 //! the client's default (/run/libvirt/libvirt-sock), where qemud can be
-//! told to listen with `--socket`.
+//! told to listen with `--socket`. The test for the default path runs sshd
+//! in a mount namespace of its own where /run/libvirt is the test daemon's
+//! run directory: the host's /run/libvirt is never touched.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use qemud_tests::*;
 
@@ -33,8 +34,10 @@ fn keygen(path: &Path) {
     assert!(st.success());
 }
 
-fn sshd(dir: &Path) -> Sshd {
-    std::fs::create_dir_all("/run/sshd").unwrap();
+/// A real sshd on a loopback port, in a private mount namespace with a
+/// fresh /run. With `run_libvirt`, /run/libvirt there is `run_libvirt`, so
+/// sessions see the test daemon's sockets at libvirt's default paths.
+fn sshd(dir: &Path, run_libvirt: Option<&Path>) -> Sshd {
     keygen(&dir.join("host_key"));
     keygen(&dir.join("client_key"));
     std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
@@ -50,11 +53,21 @@ fn sshd(dir: &Path) -> Sshd {
         ),
     )
     .unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(&cfg)
+    // sshd wants /run/sshd; it gets a private /run so the host's is left
+    // alone, with the test daemon's run directory as /run/libvirt when asked.
+    let bind = match run_libvirt {
+        Some(_) => "mkdir -p /run/libvirt && mount --bind \"$1\" /run/libvirt && ",
+        None => "",
+    };
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/sshd && {bind}exec /usr/sbin/sshd -D -e -f \"$2\""
+        ))
+        .arg("sh")
+        .arg(run_libvirt.unwrap_or(dir))
+        .arg(&cfg);
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -84,7 +97,7 @@ fn ssh_uri(s: &Sshd, socket: Option<&Path>) -> String {
 #[test]
 fn virsh_and_qemuctl_over_ssh() {
     let work = tempfile::tempdir().unwrap();
-    let s = sshd(work.path());
+    let s = sshd(work.path(), None);
     let d = Daemon::start();
     let uri = ssh_uri(&s, Some(&d.socket()));
 
@@ -105,26 +118,15 @@ fn virsh_and_qemuctl_over_ssh() {
 }
 
 /// The documented recipe: qemud listening where libvirt clients look by
-/// default, so a plain `qemu+ssh://host/system` works.
+/// default, so a plain `qemu+ssh://host/system` works. The daemon listens
+/// at the default names inside its own run directory; sshd sees that
+/// directory as /run/libvirt.
 #[test]
 fn virsh_over_ssh_with_the_default_socket_path() {
-    let default = Path::new("/run/libvirt/libvirt-sock");
-    if std::os::unix::net::UnixStream::connect(default).is_ok() {
-        eprintln!(
-            "skipping: {} belongs to another daemon here",
-            default.display()
-        );
-        return;
-    }
+    let d = Daemon::start();
+    assert_eq!(d.socket(), d.run_dir().join("libvirt-sock"));
     let work = tempfile::tempdir().unwrap();
-    let s = sshd(work.path());
-    std::fs::create_dir_all("/run/libvirt").unwrap();
-    let d = Daemon::start_with(&[
-        "--socket",
-        "/run/libvirt/libvirt-sock",
-        "--socket-ro",
-        "/run/libvirt/libvirt-sock-ro",
-    ]);
+    let s = sshd(work.path(), Some(&d.run_dir()));
     let uri = ssh_uri(&s, None);
     let r = virsh(&uri, &["hostname"]);
     let host = r.ok().trim().to_owned();
@@ -132,8 +134,11 @@ fn virsh_over_ssh_with_the_default_socket_path() {
         host,
         nix::unistd::gethostname().unwrap().into_string().unwrap()
     );
-    drop(d);
-    std::thread::sleep(Duration::from_millis(100));
-    let _ = std::fs::remove_file(default);
-    let _ = std::fs::remove_file("/run/libvirt/libvirt-sock-ro");
+    // It really was this daemon that answered.
+    let x = write_xml(d.dir.path(), "dflt", &tiny_xml("dflt"));
+    virsh(&d.uri(), &["define", x.to_str().unwrap()]).ok();
+    assert_eq!(
+        virsh(&uri, &["list", "--all", "--name"]).ok().trim(),
+        "dflt"
+    );
 }

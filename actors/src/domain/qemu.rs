@@ -4,6 +4,7 @@
 //! registry sends it commands. Every wait has a deadline.
 
 use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,11 +66,104 @@ pub struct LaunchSpec {
     pub spawned_pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
 }
 
+/// A process as the kernel knows it: its pid and its start time (clock
+/// ticks after boot, field 22 of `/proc/PID/stat`). Once a process is
+/// reaped its pid may name another one; the pair never does. Every signal
+/// the daemon sends to a QEMU goes through this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// (state, start time) of a process, from `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields that follow start after its last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(22 - 3)?.parse().ok()?;
+    Some((state, start))
+}
+
+impl ProcessIdentity {
+    /// The process that has `pid` now.
+    pub fn of(pid: i32) -> Option<ProcessIdentity> {
+        proc_stat(pid).map(|(_, start_time)| ProcessIdentity { pid, start_time })
+    }
+
+    /// Whether this very process still runs (running, sleeping or
+    /// stopped; a zombie is gone as far as the domain is concerned).
+    pub fn is_alive(&self) -> bool {
+        matches!(proc_stat(self.pid), Some((state, start))
+            if start == self.start_time && !matches!(state, 'Z' | 'X' | 'x'))
+    }
+
+    /// Wall-clock time the process started, to a second or so.
+    fn started_at(&self) -> Option<std::time::SystemTime> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let boot: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+        Some(
+            std::time::UNIX_EPOCH
+                + Duration::from_secs(boot)
+                + Duration::from_millis(self.start_time.saturating_mul(1000) / ticks),
+        )
+    }
+
+    /// Sends `sig` to this process and to no other: the pid is pinned with
+    /// a pidfd, then the start time is checked, then the signal goes
+    /// through the pidfd, so a pid reused in between is never hit.
+    /// Returns whether the signal was sent.
+    pub fn signal(&self, sig: Signal) -> bool {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            // Kernels before 5.3: check, then signal by pid.
+            if !self.is_alive() {
+                return false;
+            }
+            return kill(Pid::from_raw(self.pid), sig).is_ok();
+        }
+        // SAFETY: fd was just returned by pidfd_open and is owned here only.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        if !self.is_alive() {
+            return false;
+        }
+        // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                sig as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        r == 0
+    }
+}
+
 /// A QEMU that is up with its monitor connected.
 pub struct Launched {
     pub pid: i32,
+    /// None only when /proc could not be read at launch; such a process is
+    /// never signalled by pid alone.
+    pub identity: Option<ProcessIdentity>,
     pub qmp: QmpClient,
-    events: mpsc::UnboundedReceiver<QmpEvent>,
+    events: mpsc::Receiver<QmpEvent>,
     child: Option<Child>,
     /// When this daemon started the process; `None` for one re-attached.
     started_at: Option<Instant>,
@@ -117,6 +211,8 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
     let pid = child.id().map(|p| p as i32).unwrap_or(-1);
     spec.spawned_pid
         .store(pid, std::sync::atomic::Ordering::Release);
+    // Our unreaped child: its pid cannot have been reused yet.
+    let identity = ProcessIdentity::of(pid);
     info!(pid, emulator = %spec.emulator.display(), "started QEMU");
 
     // Connect while watching for an early exit (bad arguments, missing
@@ -136,6 +232,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
     match connected {
         Ok((qmp, events)) => Ok(Launched {
             pid,
+            identity,
             qmp,
             events,
             child: Some(child),
@@ -152,23 +249,47 @@ pub async fn launch(spec: LaunchSpec) -> Result<Launched, Error> {
     }
 }
 
-/// Whether `pid` is alive and is the QEMU of domain `uuid` (guards against
-/// pid reuse after a reboot or a long outage).
-pub fn is_our_qemu(pid: i32, uuid: &Uuid) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&cmdline);
-    text.contains(&uuid.to_string())
+fn cmdline_names(pid: i32, uuid: &Uuid) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&uuid.to_string()))
+        .unwrap_or(false)
+}
+
+/// The QEMU of domain `uuid` that a live record names, if it still runs:
+/// same pid and same start time. Records from before start times were
+/// kept fall back to the command line naming the domain.
+pub fn recorded_qemu(pid: i32, start_time: Option<u64>, uuid: &Uuid) -> Option<ProcessIdentity> {
+    let now = ProcessIdentity::of(pid).filter(ProcessIdentity::is_alive)?;
+    match start_time {
+        Some(t) => (now.start_time == t).then_some(now),
+        None => cmdline_names(pid, uuid).then_some(now),
+    }
+}
+
+/// The QEMU that wrote pid file `pidfile` for domain `uuid`, if it still
+/// runs: it names the domain and started before the file was written (a
+/// process that took the pid over later started after it).
+pub fn pidfile_qemu(pid: i32, pidfile: &Path, uuid: &Uuid) -> Option<ProcessIdentity> {
+    let now = ProcessIdentity::of(pid).filter(ProcessIdentity::is_alive)?;
+    let written = std::fs::metadata(pidfile).and_then(|m| m.modified()).ok()?;
+    let started = now.started_at()?;
+    // btime is whole seconds: allow that much rounding.
+    let started_before = started <= written + Duration::from_secs(1);
+    (started_before && cmdline_names(pid, uuid)).then_some(now)
 }
 
 /// Re-attaches to a QEMU started by an earlier daemon.
-pub async fn attach(pid: i32, qmp_socket: &Path, qmp_timeout: Duration) -> Result<Launched, Error> {
+pub async fn attach(
+    identity: ProcessIdentity,
+    qmp_socket: &Path,
+    qmp_timeout: Duration,
+) -> Result<Launched, Error> {
     let (qmp, events) = QmpClient::connect(qmp_socket, qmp_timeout)
         .await
         .map_err(|e| Error::OperationFailed(e.to_string()))?;
     Ok(Launched {
-        pid,
+        pid: identity.pid,
+        identity: Some(identity),
         qmp,
         events,
         child: None,
@@ -205,14 +326,24 @@ fn pid_stopped(pid: i32) -> bool {
 async fn watch(
     uuid: Uuid,
     run: u64,
-    pid: i32,
-    mut events: mpsc::UnboundedReceiver<QmpEvent>,
+    (pid, identity): (i32, Option<ProcessIdentity>),
+    mut events: mpsc::Receiver<QmpEvent>,
     child: Option<Child>,
     registry: Recipient<VmNotice>,
     vm: Addr<QemuVm>,
 ) {
     let notify = |kind| {
         registry.do_send(VmNotice { uuid, run, kind });
+    };
+    // Events wait for the registry to take each one, so a guest flooding
+    // events fills the bounded monitor queue (see qmp::forward_event)
+    // instead of the registry's mailbox.
+    let forward = |ev| {
+        registry.send(VmNotice {
+            uuid,
+            run,
+            kind: VmNoticeKind::Event(ev),
+        })
     };
     let mut child = child;
     let mut exit: Option<String> = None;
@@ -226,7 +357,9 @@ async fn watch(
         };
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => notify(VmNoticeKind::Event(ev)),
+                Some(ev) => {
+                    let _ = forward(ev).await;
+                }
                 None => break,
             },
             status = waited => {
@@ -238,7 +371,7 @@ async fn watch(
                 // Drain what the monitor still has, briefly.
                 let drain = async {
                     while let Some(ev) = events.recv().await {
-                        notify(VmNoticeKind::Event(ev));
+                        let _ = forward(ev).await;
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
@@ -260,14 +393,18 @@ async fn watch(
             }
         },
         (None, None) => {
-            // Not our child: poll until it disappears.
+            // Not our child: poll until it disappears. Its pid may be
+            // reused the moment it is reaped, so only this very process
+            // (pid and start time) is ever killed.
             let mut waited = Duration::ZERO;
-            while pid_alive(pid) {
+            while identity.is_some_and(|p| p.is_alive()) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 waited += Duration::from_millis(50);
                 if waited > TERM_GRACE + KILL_WAIT {
                     warn!(pid, "QEMU closed its monitor but did not exit; killing it");
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    if let Some(p) = identity {
+                        p.signal(Signal::SIGKILL);
+                    }
                     waited = Duration::ZERO;
                 }
             }
@@ -282,6 +419,7 @@ async fn watch(
 /// The actor through which the registry talks to one running QEMU.
 pub struct QemuVm {
     pid: i32,
+    identity: Option<ProcessIdentity>,
     qmp: QmpClient,
     started_at: Option<Instant>,
     exited: bool,
@@ -297,6 +435,7 @@ impl QemuVm {
     ) -> Addr<QemuVm> {
         let Launched {
             pid,
+            identity,
             qmp,
             events,
             child,
@@ -304,21 +443,37 @@ impl QemuVm {
         } = launched;
         let vm = QemuVm {
             pid,
+            identity,
             qmp,
             started_at,
             exited: false,
             exit_waiters: Vec::new(),
         }
         .start();
-        actix_rt::spawn(watch(uuid, run, pid, events, child, registry, vm.clone()));
+        actix_rt::spawn(watch(
+            uuid,
+            run,
+            (pid, identity),
+            events,
+            child,
+            registry,
+            vm.clone(),
+        ));
         vm
     }
 
+    /// Signals this QEMU, never whatever process has its pid now.
     fn signal(&self, sig: Signal) {
-        if self.pid > 0 && !self.exited {
-            if let Err(e) = kill(Pid::from_raw(self.pid), sig) {
-                debug!(pid = self.pid, "kill({sig}) failed: {e}");
+        if self.exited {
+            return;
+        }
+        match self.identity {
+            Some(p) => {
+                if !p.signal(sig) {
+                    debug!(pid = self.pid, "{sig} not sent: the process is gone");
+                }
             }
+            None => warn!(pid = self.pid, "cannot identify QEMU; not sending {sig}"),
         }
     }
 }
@@ -447,5 +602,76 @@ impl Handler<ProcessExited> for QemuVm {
             let _ = w.send(());
         }
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_tells_a_reused_pid_from_the_process_it_named() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let me = ProcessIdentity::of(pid).unwrap();
+        assert!(me.is_alive());
+        // The same pid with another start time is what a reused pid looks
+        // like: never alive, never signalled.
+        let earlier = ProcessIdentity {
+            pid,
+            start_time: me.start_time.wrapping_sub(1),
+        };
+        assert!(!earlier.is_alive());
+        assert!(!earlier.signal(Signal::SIGKILL));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the other process was killed"
+        );
+        // The process itself is signalled.
+        assert!(me.signal(Signal::SIGKILL));
+        child.wait().unwrap();
+        // Reaped: nothing left to signal.
+        assert!(!me.is_alive());
+        assert!(!me.signal(Signal::SIGKILL));
+    }
+
+    #[test]
+    fn command_names_with_parentheses_do_not_shift_fields() {
+        // The command name comes from the executable's file name.
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("x) 1 2 (y");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        // ETXTBSY while another test's fork still holds the copy's fd.
+        let mut child = (0..50)
+            .find_map(
+                |_| match std::process::Command::new(&exe).arg("30").spawn() {
+                    Ok(c) => Some(c),
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                    Err(e) => panic!("{e}"),
+                },
+            )
+            .unwrap();
+        let pid = child.id() as i32;
+        let (state, start) = proc_stat(pid).unwrap();
+        assert!(matches!(state, 'S' | 'R'), "{state}");
+        // Field 22 of a process started just now is close to the uptime.
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // SAFETY: no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert!((start as f64 / ticks - uptime).abs() < 5.0, "{start}");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

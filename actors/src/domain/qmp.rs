@@ -6,15 +6,37 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
-use tracing::{debug, trace};
+use tokio_util::codec::{Decoder, FramedRead};
+use tracing::{debug, trace, warn};
 
 /// Longest monitor line we accept; QMP replies we use are far smaller.
 const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Events queued between the monitor and the VM's watcher. A guest can
+/// make QEMU emit events as fast as it likes (RTC writes, I/O errors), so
+/// the queue is bounded; see [`forward_event`] for what happens when full.
+pub const EVENT_QUEUE: usize = 256;
+
+/// Events that change what the daemon believes about the VM's state.
+/// Never dropped: when the queue is full the monitor reader waits for room.
+const STATE_EVENTS: &[&str] = &[
+    "SHUTDOWN",
+    "POWERDOWN",
+    "RESET",
+    "STOP",
+    "RESUME",
+    "SUSPEND",
+    "WAKEUP",
+    "GUEST_PANICKED",
+    "DEVICE_DELETED",
+];
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QmpError {
@@ -63,7 +85,7 @@ impl QmpClient {
     pub async fn connect(
         path: &Path,
         deadline: Duration,
-    ) -> Result<(QmpClient, mpsc::UnboundedReceiver<QmpEvent>), QmpError> {
+    ) -> Result<(QmpClient, mpsc::Receiver<QmpEvent>), QmpError> {
         let until = Instant::now() + deadline;
         let stream = loop {
             match UnixStream::connect(path).await {
@@ -75,13 +97,13 @@ impl QmpClient {
             }
         };
         let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read);
+        let mut lines = FramedRead::new(read, QmpLines::new(MAX_LINE));
 
         // Greeting, then capabilities negotiation, both under the deadline.
         let remaining = until
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
-        let greeting = timeout(remaining, read_line(&mut lines))
+        let greeting = timeout(remaining, next_message(&mut lines))
             .await
             .map_err(|_| QmpError::Timeout("greeting".into()))??;
         if greeting.get("QMP").is_none() {
@@ -93,9 +115,10 @@ impl QmpClient {
             .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
             .await
             .map_err(|_| QmpError::Closed)?;
-        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+        let mut dropped = 0;
         loop {
-            let msg = timeout(remaining, read_line(&mut lines))
+            let msg = timeout(remaining, next_message(&mut lines))
                 .await
                 .map_err(|_| QmpError::Timeout("qmp_capabilities".into()))??;
             if msg.get("return").is_some() {
@@ -104,11 +127,11 @@ impl QmpClient {
             if let Some(err) = msg.get("error") {
                 return Err(command_error("qmp_capabilities", err));
             }
-            forward_event(&msg, &event_tx);
+            forward_event(&msg, &event_tx, &mut dropped).await;
         }
 
         let (req_tx, req_rx) = mpsc::channel(64);
-        tokio::spawn(run(lines, write, req_rx, event_tx));
+        tokio::spawn(run(lines, write, req_rx, event_tx, dropped));
         Ok((
             QmpClient {
                 requests: req_tx,
@@ -152,26 +175,89 @@ impl QmpClient {
     }
 }
 
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Value, QmpError> {
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = (&mut *r)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-            .map_err(|_| QmpError::Closed)?;
-        if n == 0 {
-            return Err(QmpError::Closed);
+/// Splits the monitor stream into JSON messages, one per line. A line
+/// longer than `max` is skipped up to its newline and reported as one
+/// malformed message, so the stream stays in step. The partial line lives
+/// in the framed reader's buffer, not in a future: `next()` can be dropped by
+/// `select!` at any point without losing bytes (cancel safety).
+struct QmpLines {
+    max: usize,
+    /// Bytes of the current line already searched for a newline.
+    searched: usize,
+    /// Inside an over-long line: drop bytes until its newline.
+    discarding: bool,
+}
+
+impl QmpLines {
+    fn new(max: usize) -> QmpLines {
+        QmpLines {
+            max,
+            searched: 0,
+            discarding: false,
         }
-        if buf.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        return serde_json::from_slice(&buf).map_err(|e| QmpError::Protocol(e.to_string()));
     }
 }
 
-use tokio::io::AsyncReadExt;
+impl Decoder for QmpLines {
+    type Item = Result<Value, QmpError>;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Self::Item>> {
+        loop {
+            let Some(pos) = buf[self.searched..].iter().position(|b| *b == b'\n') else {
+                if self.discarding {
+                    buf.clear();
+                    self.searched = 0;
+                } else if buf.len() > self.max {
+                    self.discarding = true;
+                    buf.clear();
+                    self.searched = 0;
+                } else {
+                    self.searched = buf.len();
+                }
+                return Ok(None);
+            };
+            let line = buf.split_to(self.searched + pos + 1);
+            self.searched = 0;
+            if std::mem::take(&mut self.discarding) || line.len() > self.max + 1 {
+                return Ok(Some(Err(QmpError::Protocol(format!(
+                    "monitor line longer than {} bytes",
+                    self.max
+                )))));
+            }
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            return Ok(Some(
+                serde_json::from_slice(&line).map_err(|e| QmpError::Protocol(e.to_string())),
+            ));
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Self::Item>> {
+        // QEMU ends every message with a newline: a trailing fragment is
+        // what a dying QEMU left half-written.
+        let item = self.decode(buf)?;
+        if item.is_none() {
+            buf.clear();
+        }
+        Ok(item)
+    }
+}
+
+type MonitorReader = FramedRead<tokio::net::unix::OwnedReadHalf, QmpLines>;
+
+/// The next well-formed message, skipping malformed ones; `Closed` at the
+/// end of the stream. Cancel-safe.
+async fn next_message(lines: &mut MonitorReader) -> Result<Value, QmpError> {
+    loop {
+        match lines.next().await {
+            Some(Ok(Ok(msg))) => return Ok(msg),
+            Some(Ok(Err(e))) => debug!("ignoring malformed monitor line: {e}"),
+            Some(Err(_)) | None => return Err(QmpError::Closed),
+        }
+    }
+}
 
 fn command_error(command: &str, err: &Value) -> QmpError {
     QmpError::Command {
@@ -189,22 +275,47 @@ fn command_error(command: &str, err: &Value) -> QmpError {
     }
 }
 
-fn forward_event(msg: &Value, events: &mpsc::UnboundedSender<QmpEvent>) {
-    if let Some(name) = msg.get("event").and_then(Value::as_str) {
-        trace!(event = name, "qmp event");
-        let _ = events.send(QmpEvent {
-            name: name.to_owned(),
-            data: msg.get("data").cloned().unwrap_or(Value::Null),
-        });
+/// Queues one event for the watcher. When the queue is full, a state
+/// event waits for room (the monitor is not read meanwhile, which holds
+/// QEMU back rather than losing a STOP or SHUTDOWN); any other event is
+/// dropped, counted and logged: a flood of RTC changes or I/O errors
+/// must not grow the daemon without bound.
+async fn forward_event(msg: &Value, events: &mpsc::Sender<QmpEvent>, dropped: &mut u64) {
+    let Some(name) = msg.get("event").and_then(Value::as_str) else {
+        return;
+    };
+    trace!(event = name, "qmp event");
+    let event = QmpEvent {
+        name: name.to_owned(),
+        data: msg.get("data").cloned().unwrap_or(Value::Null),
+    };
+    match events.try_send(event) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(event)) if STATE_EVENTS.contains(&name) => {
+            let _ = events.send(event).await;
+        }
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            *dropped += 1;
+            // One line per power of two keeps a flood from flooding the log.
+            if dropped.is_power_of_two() {
+                warn!(
+                    event = %event.name,
+                    dropped = *dropped,
+                    "QEMU event queue full; dropping events that do not change the VM's state"
+                );
+            }
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 
 /// The task that owns the socket.
 async fn run(
-    mut lines: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut lines: MonitorReader,
     mut write: tokio::net::unix::OwnedWriteHalf,
     mut requests: mpsc::Receiver<Request>,
-    events: mpsc::UnboundedSender<QmpEvent>,
+    events: mpsc::Sender<QmpEvent>,
+    mut dropped: u64,
 ) {
     let mut pending: HashMap<u64, (String, Reply)> = HashMap::new();
     let mut next_id: u64 = 1;
@@ -224,19 +335,16 @@ async fn run(
                     let _ = req.reply.send(Err(QmpError::Closed));
                     break;
                 }
+                // Tests wait for this line to know a command is in flight.
+                debug!(id, "QMP command {} sent", req.command);
                 pending.insert(id, (req.command, req.reply));
             }
-            msg = read_line(&mut lines) => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(QmpError::Protocol(e)) => {
-                        debug!("ignoring malformed monitor line: {e}");
-                        continue;
-                    }
-                    Err(_) => break,
-                };
+            // Cancel-safe: a partial line stays in the reader's buffer when
+            // a request wins the race.
+            msg = next_message(&mut lines) => {
+                let Ok(msg) = msg else { break };
                 if msg.get("event").is_some() {
-                    forward_event(&msg, &events);
+                    forward_event(&msg, &events, &mut dropped).await;
                     continue;
                 }
                 let Some(id) = msg.get("id").and_then(Value::as_u64) else { continue };
@@ -261,6 +369,7 @@ mod tests {
     //! Error paths against a scripted monitor peer; the happy path is
     //! covered with real QEMU by the end-to-end tests.
     use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::UnixListener;
 
     async fn peer(
@@ -360,6 +469,131 @@ mod tests {
             QmpError::Command { desc, .. } => assert_eq!(desc, "nope"),
             other => panic!("{other}"),
         }
+    }
+
+    /// The reply and an event arrive in fragments, with pauses, while
+    /// further commands keep arriving: every request the reader task takes
+    /// in drops its pending read, which must not lose a fragment.
+    #[tokio::test]
+    async fn split_reply_and_event_survive_interleaved_commands() {
+        let (_d, path) = peer(|mut s| {
+            tokio::spawn(async move {
+                let mut r = handshake(&mut s).await;
+                let first: Value = loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).await.unwrap();
+                    let v: Value = serde_json::from_str(&line).unwrap();
+                    if v["execute"] == "query-status" {
+                        break v;
+                    }
+                };
+                let event = b"{\"event\": \"STOP\", \"data\": {\"reason\": \"x\"}}\n".to_vec();
+                let reply = format!(
+                    "{{\"return\": {{\"status\": \"paused\"}}, \"id\": {}}}\n",
+                    first["id"]
+                );
+                let mut bytes = event;
+                bytes.extend_from_slice(reply.as_bytes());
+                // Three-byte writes, each followed by a pause long enough
+                // for the client to send another command in between.
+                for chunk in bytes.chunks(3) {
+                    r.get_mut().write_all(chunk).await.unwrap();
+                    r.get_mut().flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Drain (and leave unanswered) the interleaved commands.
+                    let mut extra = [0u8; 4096];
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(1),
+                        tokio::io::AsyncReadExt::read(r.get_mut(), &mut extra),
+                    )
+                    .await;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            })
+        })
+        .await;
+        let (qmp, mut events) = QmpClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let waiting = {
+            let qmp = qmp.clone();
+            tokio::spawn(async move { qmp.execute("query-status", None).await })
+        };
+        // Keep the reader task's select! busy with requests while the
+        // fragments trickle in.
+        let noise = {
+            let qmp = qmp.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    let _ = qmp
+                        .execute_within("query-name", None, Duration::from_millis(1))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let reply = waiting.await.unwrap().unwrap();
+        assert_eq!(reply["status"], "paused");
+        let ev = tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.name, "STOP");
+        assert_eq!(ev.data["reason"], "x");
+        noise.abort();
+    }
+
+    #[test]
+    fn long_lines_are_skipped_and_the_stream_stays_in_step() {
+        let mut codec = QmpLines::new(16);
+        let mut buf = BytesMut::from(&b"{\"event\": \"aaaaaaaaaaaaaaaaaaaaa"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"aaaa\"}\n{\"return\": 1}\n");
+        assert!(matches!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Err(QmpError::Protocol(_)))
+        ));
+        let next = codec.decode(&mut buf).unwrap().unwrap().unwrap();
+        assert_eq!(next["return"], 1);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn event_flood_keeps_state_events() {
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let mut dropped = 0;
+        for _ in 0..EVENT_QUEUE {
+            forward_event(
+                &json!({"event": "RTC_CHANGE", "data": {}}),
+                &tx,
+                &mut dropped,
+            )
+            .await;
+        }
+        forward_event(
+            &json!({"event": "RTC_CHANGE", "data": {}}),
+            &tx,
+            &mut dropped,
+        )
+        .await;
+        assert_eq!(dropped, 1);
+        // A state event waits for room instead of being dropped.
+        let tx2 = tx.clone();
+        let stop = tokio::spawn(async move {
+            let mut d = 0;
+            forward_event(&json!({"event": "STOP", "data": {}}), &tx2, &mut d).await;
+            d
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!stop.is_finished());
+        assert_eq!(rx.recv().await.unwrap().name, "RTC_CHANGE");
+        assert_eq!(stop.await.unwrap(), 0);
+        let mut names = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            names.push(e.name);
+        }
+        assert_eq!(names.last().map(String::as_str), Some("STOP"));
+        assert_eq!(names.len(), EVENT_QUEUE);
     }
 
     #[tokio::test]

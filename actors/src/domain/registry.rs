@@ -72,9 +72,16 @@ struct Live {
     def: DomainDef,
     vm: Addr<QemuVm>,
     pid: i32,
+    /// With `pid`, identifies the process across pid reuse.
+    start_time: Option<u64>,
     qmp_socket: std::path::PathBuf,
     got_shutdown: bool,
     destroying: bool,
+    /// `virsh reboot` asked the guest to power down: its next guest-initiated
+    /// SHUTDOWN becomes a reset. Cleared, as libvirt does, by a reset (ours
+    /// or the guest's own RESET event), by `shutdown` and by destroy, so an
+    /// ignored reboot cannot turn a later power-off into a reset. Kept in
+    /// the live record across daemon restarts.
     fake_reboot: bool,
     pty_paths: Vec<String>,
     /// The VNC port QEMU listens on, from query-vnc.
@@ -105,6 +112,8 @@ struct Entry {
 struct Recovering {
     id: i32,
     pid: i32,
+    /// The recorded QEMU, known by pid and start time.
+    identity: qemu::ProcessIdentity,
     def: DomainDef,
     /// A destroy killed the QEMU meanwhile: its end is reported as such.
     destroyed: bool,
@@ -445,6 +454,7 @@ impl Registry {
         self.next_id += 1;
         let pid = launched.pid;
         let def_has_vnc = def.devices.graphics.is_some();
+        let start_time = launched.identity.map(|p| p.start_time);
         let qmp = launched.qmp.clone();
         let vm = QemuVm::start(launched, uuid, run, ctx.address().recipient());
         let qmp_socket = self.store.qmp_socket(&uuid);
@@ -462,6 +472,7 @@ impl Registry {
             def,
             vm,
             pid,
+            start_time,
             qmp_socket: qmp_socket.clone(),
             got_shutdown: false,
             destroying: false,
@@ -541,11 +552,13 @@ impl Registry {
             name: e.def.name.clone(),
             id: l.id,
             pid: l.pid,
+            start_time: l.start_time,
             qmp_socket: l.qmp_socket.clone(),
             xml: l.def.to_xml(None),
             persistent: e.persistent,
             got_shutdown: l.got_shutdown,
             paused: e.state == DomainState::Paused,
+            fake_reboot: l.fake_reboot,
         };
         if let Err(e) = self.store.save_live(&rec) {
             error!("cannot record running domain: {e}");
@@ -612,6 +625,7 @@ impl Registry {
                     // it into a reset instead of letting it stop.
                     live.fake_reboot = false;
                     let vm = live.vm.clone();
+                    self.save_live(&uuid);
                     actix_rt::spawn(async move {
                         for cmd in ["system_reset", "cont"] {
                             let r = vm
@@ -671,7 +685,12 @@ impl Registry {
                     self.lifecycle(&uuid, lc::RESUMED, lc::RESUMED_UNPAUSED);
                 }
             }
-            "RESET" => self.emit(&uuid, Event::reboot),
+            "RESET" => {
+                if std::mem::take(&mut live.fake_reboot) {
+                    self.save_live(&uuid);
+                }
+                self.emit(&uuid, Event::reboot)
+            }
             "RTC_CHANGE" => {
                 let offset = data.get("offset").and_then(|o| o.as_i64()).unwrap_or(0);
                 self.emit(&uuid, |d| Event::rtc_change(d, offset));
@@ -771,15 +790,12 @@ impl Registry {
             if records.iter().any(|r| r.uuid == uuid) {
                 continue;
             }
-            if qemu::is_our_qemu(pid, &uuid) {
+            if let Some(qemu) = qemu::pidfile_qemu(pid, &self.store.pidfile(&uuid), &uuid) {
                 warn!(%uuid, pid, "stopping QEMU left over from an interrupted start");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                qemu.signal(nix::sys::signal::Signal::SIGKILL);
                 // The domain is listed shut off: make that true first.
                 let until = Instant::now() + Duration::from_secs(1);
-                while qemu::pid_alive(pid) && Instant::now() < until {
+                while qemu::pid_alive(qemu.pid) && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
@@ -787,7 +803,7 @@ impl Registry {
         }
         let deadline = Duration::from_millis(self.settings.qmp_timeout_ms);
         for rec in records {
-            if !qemu::is_our_qemu(rec.pid, &rec.uuid) {
+            let Some(identity) = qemu::recorded_qemu(rec.pid, rec.start_time, &rec.uuid) else {
                 info!(domain = %rec.name, "QEMU exited while the daemon was down");
                 self.store.delete_live(&rec.uuid);
                 // Its taps outlived it.
@@ -799,7 +815,7 @@ impl Registry {
                     self.publish(&rec.uuid);
                 }
                 continue;
-            }
+            };
             let def = match DomainDef::parse(&rec.xml) {
                 Ok(d) => d,
                 Err(e) => {
@@ -823,6 +839,7 @@ impl Registry {
             entry.recovering = Some(Recovering {
                 id: rec.id,
                 pid: rec.pid,
+                identity,
                 def: def.clone(),
                 destroyed: false,
             });
@@ -832,7 +849,7 @@ impl Registry {
                 // One deadline for the whole re-attachment of this domain;
                 // the others run alongside and are not held up by it.
                 let attach = async {
-                    let launched = qemu::attach(rec2.pid, &rec2.qmp_socket, deadline).await?;
+                    let launched = qemu::attach(identity, &rec2.qmp_socket, deadline).await?;
                     let status = launched.qmp.execute("query-status", None).await.ok();
                     Ok::<_, Error>((launched, status))
                 };
@@ -843,7 +860,7 @@ impl Registry {
             };
             ctx.spawn(
                 fut.into_actor(self)
-                    .then(move |res, act, ctx| act.reattached(rec, def, res, ctx)),
+                    .then(move |res, act, ctx| act.reattached(rec, identity, def, res, ctx)),
             );
         }
     }
@@ -854,6 +871,7 @@ impl Registry {
     fn reattached(
         &mut self,
         rec: LiveRecord,
+        identity: qemu::ProcessIdentity,
         def: DomainDef,
         res: Result<(Launched, Option<serde_json::Value>)>,
         ctx: &mut Context<Self>,
@@ -870,13 +888,8 @@ impl Registry {
             Err(err) => {
                 error!(domain = %rec.name, "cannot re-attach to QEMU pid {}: {err}", rec.pid);
                 // A QEMU we cannot control must not linger unseen.
-                let pid = rec.pid;
-                if qemu::is_our_qemu(pid, &uuid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                let pid = identity.pid;
+                identity.signal(nix::sys::signal::Signal::SIGKILL);
                 let destroyed = self
                     .domains
                     .get(&uuid)
@@ -941,10 +954,11 @@ impl Registry {
             def,
             vm: vm.clone(),
             pid,
+            start_time: Some(identity.start_time),
             qmp_socket: rec.qmp_socket.clone(),
             got_shutdown,
             destroying,
-            fake_reboot: false,
+            fake_reboot: rec.fake_reboot,
             pty_paths: Vec::new(),
             vnc_port: None,
         });
@@ -1067,11 +1081,15 @@ impl Registry {
                 },
             )),
             DomainOp::Start { uuid, paused } => self.start(uuid, paused, None, ctx),
-            DomainOp::Shutdown { uuid } => self.qmp_op(uuid, "system_powerdown", |_| {}),
+            DomainOp::Shutdown { uuid } => {
+                self.qmp_op(uuid, "system_powerdown", |l| l.fake_reboot = false)
+            }
             DomainOp::Reboot { uuid } => {
                 self.qmp_op(uuid, "system_powerdown", |l| l.fake_reboot = true)
             }
-            DomainOp::Reset { uuid } => self.qmp_op(uuid, "system_reset", |_| {}),
+            DomainOp::Reset { uuid } => {
+                self.qmp_op(uuid, "system_reset", |l| l.fake_reboot = false)
+            }
             DomainOp::Suspend { uuid } => self.cpu_op(
                 uuid,
                 "stop",
@@ -1093,6 +1111,7 @@ impl Registry {
                     return ready(Err(Error::OperationInvalid("domain is not running".into())));
                 };
                 live.destroying = true;
+                live.fake_reboot = false;
                 let (vm, run) = (live.vm.clone(), live.run);
                 e.job = Some("destroy");
                 Box::pin(
@@ -1222,7 +1241,11 @@ impl Registry {
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         if let Some(live) = self.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) {
+            let before = live.fake_reboot;
             prepare(live);
+            if live.fake_reboot != before {
+                self.save_live(&uuid);
+            }
         }
         Box::pin(
             vm.send(QmpCommand {
@@ -1314,13 +1337,9 @@ impl Registry {
         if std::mem::replace(&mut r.destroyed, true) {
             return;
         }
-        if qemu::is_our_qemu(r.pid, uuid) {
-            warn!(%uuid, pid = r.pid, "destroying a domain being re-attached: killing its QEMU");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(r.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        warn!(%uuid, pid = r.pid, "destroying a domain being re-attached: killing its QEMU");
+        // Signalled only while that pid is still the recorded process.
+        r.identity.signal(nix::sys::signal::Signal::SIGKILL);
     }
 
     /// Waits for the re-attachment a destroy cut short to end: the domain

@@ -113,6 +113,10 @@ pub struct LiveRecord {
     pub name: String,
     pub id: i32,
     pub pid: i32,
+    /// The process's start time (field 22 of /proc/PID/stat): with the
+    /// pid, tells this QEMU from a later process that reused its pid.
+    #[serde(default)]
+    pub start_time: Option<u64>,
     pub qmp_socket: PathBuf,
     /// The definition the VM runs with.
     pub xml: String,
@@ -124,6 +128,9 @@ pub struct LiveRecord {
     /// re-attaches, before QEMU can be asked.
     #[serde(default)]
     pub paused: bool,
+    /// A `virsh reboot` is pending: the guest's power-off becomes a reset.
+    #[serde(default)]
+    pub fake_reboot: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -328,17 +335,37 @@ mod tests {
             name: "vm".into(),
             id: 3,
             pid: 42,
+            start_time: Some(7),
             qmp_socket: "/tmp/x".into(),
             xml: "<domain/>".into(),
             persistent: true,
             got_shutdown: false,
             paused: false,
+            fake_reboot: true,
         };
         s.save_live(&rec).unwrap();
         fs::write(d.path().join("run/live/bad.json"), b"{").unwrap();
         assert_eq!(s.load_live(), vec![rec.clone()]);
         s.delete_live(&rec.uuid);
         assert!(s.load_live().is_empty());
+    }
+
+    #[test]
+    fn pending_reboot_survives_in_the_live_record() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("state"), d.path().join("run"));
+        s.prepare().unwrap();
+        let u = Uuid::new_v4();
+        let old = format!(
+            r#"{{"uuid":"{u}","name":"vm","id":1,"pid":42,"qmp_socket":"/x","xml":"<domain/>","persistent":true}}"#
+        );
+        fs::write(d.path().join(format!("run/live/{u}.json")), old).unwrap();
+        // Records written before the field existed: no reboot pending.
+        assert!(!s.load_live()[0].fake_reboot);
+        let mut rec = s.load_live().remove(0);
+        rec.fake_reboot = true;
+        s.save_live(&rec).unwrap();
+        assert!(s.load_live()[0].fake_reboot);
     }
 
     #[test]

@@ -188,7 +188,7 @@ fn domain_event_register(
     _: &Call,
     _: (),
 ) -> Result<ConnectDomainEventRegisterRet> {
-    conn.add_callback(Callback::legacy(event_id::LIFECYCLE), ctx);
+    conn.add_callback(Callback::legacy(event_id::LIFECYCLE), ctx)?;
     Ok(ConnectDomainEventRegisterRet { cb_registered: 1 })
 }
 
@@ -209,7 +209,7 @@ fn domain_event_register_any(
     a: ConnectDomainEventRegisterAnyArgs,
 ) -> Result<()> {
     check_event_id(a.event_id, DOMAIN_EVENT_ID_LAST, "")?;
-    conn.add_callback(Callback::legacy(a.event_id), ctx);
+    conn.add_callback(Callback::legacy(a.event_id), ctx)?;
     Ok(())
 }
 
@@ -233,7 +233,7 @@ fn domain_callback_register(
     let object = a
         .dom
         .map(|d| ObjectKey::Uuid(uuid::Uuid::from_bytes(d.uuid.0)));
-    let callback_id = conn.add_callback(Callback::new(Family::Domain, a.event_id, object), ctx);
+    let callback_id = conn.add_callback(Callback::new(Family::Domain, a.event_id, object), ctx)?;
     Ok(ConnectDomainEventCallbackRegisterAnyRet { callback_id })
 }
 
@@ -258,7 +258,7 @@ fn network_register(
     let object = a
         .net
         .map(|n| ObjectKey::Uuid(uuid::Uuid::from_bytes(n.uuid.0)));
-    let callback_id = conn.add_callback(Callback::new(Family::Network, a.event_id, object), ctx);
+    let callback_id = conn.add_callback(Callback::new(Family::Network, a.event_id, object), ctx)?;
     Ok(ConnectNetworkEventRegisterAnyRet { callback_id })
 }
 
@@ -282,7 +282,7 @@ fn pool_register(
         .pool
         .map(|p| ObjectKey::Uuid(uuid::Uuid::from_bytes(p.uuid.0)));
     let cb = Callback::new(Family::StoragePool, a.event_id, object);
-    let callback_id = conn.add_callback(cb, ctx);
+    let callback_id = conn.add_callback(cb, ctx)?;
     Ok(ConnectStoragePoolEventRegisterAnyRet { callback_id })
 }
 
@@ -304,7 +304,7 @@ fn nodedev_register(
     check_event_id(a.event_id, NODE_DEVICE_EVENT_ID_LAST, "node device ")?;
     let object = a.dev.map(|d| ObjectKey::Name(d.name.0.into()));
     let cb = Callback::new(Family::NodeDevice, a.event_id, object);
-    let callback_id = conn.add_callback(cb, ctx);
+    let callback_id = conn.add_callback(cb, ctx)?;
     Ok(ConnectNodeDeviceEventRegisterAnyRet { callback_id })
 }
 
@@ -327,7 +327,7 @@ fn secret_register(
     let object = a
         .secret
         .map(|s| ObjectKey::Uuid(uuid::Uuid::from_bytes(s.uuid.0)));
-    let callback_id = conn.add_callback(Callback::new(Family::Secret, a.event_id, object), ctx);
+    let callback_id = conn.add_callback(Callback::new(Family::Secret, a.event_id, object), ctx)?;
     Ok(ConnectSecretEventRegisterAnyRet { callback_id })
 }
 

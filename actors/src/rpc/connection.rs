@@ -190,6 +190,10 @@ fn schedule_trim() {
         }
     });
 }
+/// Event callbacks one connection may hold. libvirtd has no limit; each
+/// one costs the daemon memory and a match per event, so a client gets
+/// an error past this many instead of growing the daemon without bound.
+pub const MAX_EVENT_CALLBACKS: usize = 1024;
 
 /// One of the daemon's `max_clients` places, held by a connection for its
 /// whole life and given back when the connection actor is dropped.
@@ -297,6 +301,8 @@ pub struct Connection {
     in_flight: usize,
     /// Calls waiting for a free slot (see `max_client_requests`).
     waiting: VecDeque<(Header, Bytes)>,
+    /// Sum of the body sizes in `waiting`.
+    waiting_bytes: usize,
     /// The client asked for keepalive (CONNECT_SUPPORTS_FEATURE); only then
     /// does the daemon ping it and drop it for silence, as libvirtd does.
     keepalive: bool,
@@ -383,6 +389,7 @@ impl Connection {
                 subscribed: false,
                 in_flight: 0,
                 waiting: VecDeque::new(),
+                waiting_bytes: 0,
                 keepalive: false,
                 last_heard: Instant::now(),
                 pings_unanswered: 0,
@@ -532,10 +539,17 @@ impl Connection {
         // Like libvirtd's max_client_requests: at most that many calls of
         // one client run at once; later ones wait their turn in order.
         if self.in_flight >= self.svc.settings.max_client_requests.max(1) {
-            if self.waiting.len() >= self.svc.settings.max_queued_messages {
+            // Bounded by count and by bytes: a few thousand calls near
+            // the 16 MiB message limit would otherwise queue gigabytes.
+            let budget = self.svc.settings.max_message_bytes.saturating_mul(2);
+            if self.waiting.len() >= self.svc.settings.max_queued_messages
+                || self.waiting_bytes.saturating_add(body.len()) > budget
+            {
                 warn!(
                     conn = self.id,
                     peer = %self.peer.description,
+                    queued = self.waiting.len(),
+                    queued_bytes = self.waiting_bytes,
                     "client sent too many calls without waiting for replies; disconnecting it"
                 );
                 ctx.stop();
@@ -543,6 +557,7 @@ impl Connection {
             }
             self.budget.add(body.len());
             self.budget.waiting_calls.fetch_add(1, Ordering::AcqRel);
+            self.waiting_bytes += body.len();
             self.waiting.push_back((h, body));
             return;
         }
@@ -573,15 +588,32 @@ impl Connection {
             if let Some((next, body)) = act.waiting.pop_front() {
                 act.budget.waiting_calls.fetch_sub(1, Ordering::AcqRel);
                 act.budget.sub(body.len());
+                act.waiting_bytes -= body.len();
                 act.run_call(next, body, ctx);
             }
         }));
     }
 
-    /// Registers an event callback and returns its ID.
-    pub(crate) fn add_callback(&mut self, cb: Callback, ctx: &mut Context<Self>) -> i32 {
+    /// Registers an event callback and returns its ID; refused past
+    /// [`MAX_EVENT_CALLBACKS`], in libvirt's wording for protocol limits.
+    pub(crate) fn add_callback(&mut self, cb: Callback, ctx: &mut Context<Self>) -> Result<i32> {
+        if self.callbacks.len() >= MAX_EVENT_CALLBACKS {
+            return Err(Error::Rpc(format!(
+                "Too many event callbacks '{}' for limit '{}'",
+                self.callbacks.len() + 1,
+                MAX_EVENT_CALLBACKS
+            )));
+        }
         let id = self.next_callback_id;
         self.next_callback_id += 1;
+        // Tests wait for this line to know a subscriber is in place.
+        debug!(
+            conn = self.id,
+            callback = id,
+            "event callback registered ({:?} event {})",
+            cb.family,
+            cb.event_id
+        );
         self.callbacks.insert(id, cb);
         if !self.subscribed {
             self.subscribed = true;
@@ -590,7 +622,7 @@ impl Connection {
                 recipient: ctx.address().recipient(),
             });
         }
-        id
+        Ok(id)
     }
 
     /// Removes a callback of one family by ID, with libvirt's error when it
