@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tiny guest the end-to-end tests boot: a Debian kernel and a
-# busybox initramfs whose init prints a ready marker on the serial console
-# and powers off (like a real OS would) when the ACPI power button is
+# busybox initramfs whose init prints a ready marker on the serial console,
+# runs a shell there, and powers off (like a real OS would) when the ACPI power button is
 # pressed, i.e. on `virsh shutdown`. Nothing is downloaded here: the kernel
 # comes from /boot or from the package scripts/install-deps.sh unpacked.
 #
@@ -85,6 +85,8 @@ for i in $(seq 100); do
     sleep 0.05
 done
 echo "QEMUD-GUEST-READY button=$button"
+# A shell on the serial console, for console tests; a new one when it exits.
+(while true; do setsid cttyhack sh -i; sleep 1; done) </dev/ttyS0 >/dev/ttyS0 2>&1 &
 if [ -n "$button" ]; then
     # Block until the button sends its first input event, then power off
     # the way an OS does after an ACPI power-button press.

@@ -315,6 +315,21 @@ impl Handler<QmpCommand> for QemuVm {
     }
 }
 
+/// The monitor client itself, for drivers that talk to QEMU directly
+/// (passthrough, consoles, screenshots); every command it runs still has
+/// its deadline.
+#[derive(Message)]
+#[rtype(result = "QmpClient")]
+pub struct GetQmp;
+
+impl Handler<GetQmp> for QemuVm {
+    type Result = MessageResult<GetQmp>;
+
+    fn handle(&mut self, _: GetQmp, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.qmp.clone())
+    }
+}
+
 /// Terminates the process: SIGTERM, then SIGKILL unless graceful. Resolves
 /// once the process is gone.
 #[derive(Message)]

@@ -89,6 +89,8 @@ pub struct Callback {
     pub object: Option<ObjectKey>,
     /// Registered through the legacy domain procedures (no callback ID).
     pub legacy: bool,
+    /// QEMU monitor events: only those of this name.
+    pub qemu_event: Option<crate::qemu_program::EventFilter>,
 }
 
 impl Callback {
@@ -98,6 +100,7 @@ impl Callback {
             event_id,
             object,
             legacy: false,
+            qemu_event: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl Callback {
             event_id,
             object: None,
             legacy: true,
+            qemu_event: None,
         }
     }
 
@@ -115,6 +119,7 @@ impl Callback {
         self.family == event.family
             && self.event_id == event.event_id
             && self.object.as_ref().is_none_or(|o| *o == event.object)
+            && self.qemu_event.as_ref().is_none_or(|f| f.matches(event.name.as_deref()))
     }
 }
 
@@ -136,6 +141,8 @@ pub struct Connection {
     keepalive: bool,
     last_heard: Instant,
     pings_unanswered: u32,
+    /// Open data streams, by the serial of the call that opened them.
+    pub(crate) streams: super::stream::Streams,
 }
 
 impl Connection {
@@ -181,12 +188,13 @@ impl Connection {
                 keepalive: false,
                 last_heard: Instant::now(),
                 pings_unanswered: 0,
+                streams: Default::default(),
             }
         })
     }
 
     /// Queues a packet; a client whose queue is full is dropped.
-    fn send(&mut self, packet: Packet, ctx: &mut Context<Self>) {
+    pub(crate) fn send(&mut self, packet: Packet, ctx: &mut Context<Self>) {
         match self.out.try_send(packet) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -202,6 +210,7 @@ impl Connection {
     }
 
     fn reply(&mut self, call: Header, result: Result<Vec<u8>>, ctx: &mut Context<Self>) {
+        let ok = result.is_ok();
         let packet = match result {
             Ok(body) => Packet::new(call.reply_to(MessageStatus::Ok), body),
             Err(e) => {
@@ -215,6 +224,10 @@ impl Connection {
             }
         };
         self.send(packet, ctx);
+        // A stream's data may only follow its call's reply.
+        for p in self.streams.replied(call.serial, ok) {
+            self.send(p, ctx);
+        }
     }
 
     fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
@@ -241,6 +254,9 @@ impl Connection {
                     return self.reply(h, Err(e), ctx);
                 }
                 self.on_call(h, packet.body, ctx);
+            }
+            (program::REMOTE | program::QEMU, MessageType::Stream) => {
+                self.on_stream_packet(packet, ctx);
             }
             (program, kind) => {
                 debug!(
@@ -426,6 +442,7 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.streams.close_all();
         if self.subscribed {
             self.svc.events.do_send(Unsubscribe {
                 connection: self.id,

@@ -147,6 +147,8 @@ fn all_rows() -> Vec<Procedure> {
     rows.extend(crate::interface::procedures());
     rows.extend(crate::nwfilter::procedures());
     rows.extend(crate::qemu_program::procedures());
+    rows.extend(crate::domain::console::procedures());
+    rows.extend(crate::domain::display::procedures());
     rows
 }
 
