@@ -349,7 +349,12 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
 }
 
 /// Screenshot latency: call, PNG/PPM stream, finish handshake.
-async fn screenshot_phase(c: &Client, prefix: &str, ty: &str, n: usize) -> Result<Row, ClientError> {
+async fn screenshot_phase(
+    c: &Client,
+    prefix: &str,
+    ty: &str,
+    n: usize,
+) -> Result<Row, ClientError> {
     let xml = format!(
         "<domain type='{ty}'><name>{prefix}shot</name><memory unit='MiB'>32</memory>\
          <os><type arch='x86_64' machine='pc'>hvm</type></os>\
@@ -388,7 +393,7 @@ async fn console_phase(
     let xml = format!(
         "<domain type='{ty}'><name>{prefix}console</name><memory unit='MiB'>256</memory>\
          <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel>\
-         <initrd>{initrd}</initrd><cmdline>console=ttyS0 quiet</cmdline></os>\
+         <initrd>{initrd}</initrd><cmdline>console=ttyS0 quiet</cmdline></os><features><acpi/></features>\
          <devices><serial type='pty'/><console type='pty'/><memballoon model='none'/></devices></domain>"
     );
     let d = c.define_xml(&xml).await?;
@@ -420,7 +425,8 @@ async fn console_phase(
         let mut got = 0usize;
         let mut tail: Vec<u8> = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(300);
+            let left =
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(300);
             let b = tokio::time::timeout(left, st.recv())
                 .await
                 .map_err(|_| ClientError::Timeout("console output".into()))??

@@ -778,7 +778,12 @@ impl Client {
     }
 
     /// `virDomainQemuMonitorCommand`; `hmp` for the human monitor.
-    pub async fn monitor_command(&self, dom: &NonnullDomain, cmd: &str, hmp: bool) -> Result<String> {
+    pub async fn monitor_command(
+        &self,
+        dom: &NonnullDomain,
+        cmd: &str,
+        hmp: bool,
+    ) -> Result<String> {
         let args = qemud_protocol::qemu::DomainMonitorCommandArgs {
             dom: dom.clone(),
             cmd: XdrString(cmd.to_owned()),
@@ -791,7 +796,12 @@ impl Client {
     }
 
     /// `virDomainQemuAgentCommand`.
-    pub async fn agent_command(&self, dom: &NonnullDomain, cmd: &str, timeout: i32) -> Result<String> {
+    pub async fn agent_command(
+        &self,
+        dom: &NonnullDomain,
+        cmd: &str,
+        timeout: i32,
+    ) -> Result<String> {
         let args = qemud_protocol::qemu::DomainAgentCommandArgs {
             dom: dom.clone(),
             cmd: XdrString(cmd.to_owned()),

@@ -432,7 +432,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             std::fs::write(&file, &image)
                 .map_err(|e| ClientError::Connect(format!("cannot write {file}: {e}")))?;
             if json {
-                print_json(json!({"name": d.name.0, "file": file, "mime": mime, "bytes": image.len()}));
+                print_json(
+                    json!({"name": d.name.0, "file": file, "mime": mime, "bytes": image.len()}),
+                );
             } else {
                 println!("Screenshot saved to {file}, with type of {mime}");
             }
@@ -673,23 +675,56 @@ fn keycode(key: &str, set: u32) -> Result<u32, ClientError> {
         ("ZXCVBNM", 44),
     ];
     const NAMED: &[(&str, u32)] = &[
-        ("ESC", 1), ("MINUS", 12), ("EQUAL", 13), ("BACKSPACE", 14), ("TAB", 15),
-        ("ENTER", 28), ("LEFTCTRL", 29), ("LEFTSHIFT", 42), ("RIGHTSHIFT", 54),
-        ("LEFTALT", 56), ("SPACE", 57), ("CAPSLOCK", 58), ("F1", 59), ("F2", 60),
-        ("F3", 61), ("F4", 62), ("F5", 63), ("F6", 64), ("F7", 65), ("F8", 66),
-        ("F9", 67), ("F10", 68), ("F11", 87), ("F12", 88), ("RIGHTCTRL", 97),
-        ("RIGHTALT", 100), ("HOME", 102), ("UP", 103), ("PAGEUP", 104), ("LEFT", 105),
-        ("RIGHT", 106), ("END", 107), ("DOWN", 108), ("PAGEDOWN", 109),
-        ("INSERT", 110), ("DELETE", 111), ("LEFTMETA", 125),
+        ("ESC", 1),
+        ("MINUS", 12),
+        ("EQUAL", 13),
+        ("BACKSPACE", 14),
+        ("TAB", 15),
+        ("ENTER", 28),
+        ("LEFTCTRL", 29),
+        ("LEFTSHIFT", 42),
+        ("RIGHTSHIFT", 54),
+        ("LEFTALT", 56),
+        ("SPACE", 57),
+        ("CAPSLOCK", 58),
+        ("F1", 59),
+        ("F2", 60),
+        ("F3", 61),
+        ("F4", 62),
+        ("F5", 63),
+        ("F6", 64),
+        ("F7", 65),
+        ("F8", 66),
+        ("F9", 67),
+        ("F10", 68),
+        ("F11", 87),
+        ("F12", 88),
+        ("RIGHTCTRL", 97),
+        ("RIGHTALT", 100),
+        ("HOME", 102),
+        ("UP", 103),
+        ("PAGEUP", 104),
+        ("LEFT", 105),
+        ("RIGHT", 106),
+        ("END", 107),
+        ("DOWN", 108),
+        ("PAGEDOWN", 109),
+        ("INSERT", 110),
+        ("DELETE", 111),
+        ("LEFTMETA", 125),
     ];
     let name = key.strip_prefix("KEY_").filter(|_| set == 0);
     let found = name.and_then(|n| {
-        NAMED.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).or_else(|| {
-            let mut ch = n.chars();
-            let c = ch.next().filter(|_| ch.next().is_none())?;
-            ROWS.iter()
-                .find_map(|(row, base)| row.find(c).map(|i| base + i as u32))
-        })
+        NAMED
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| *v)
+            .or_else(|| {
+                let mut ch = n.chars();
+                let c = ch.next().filter(|_| ch.next().is_none())?;
+                ROWS.iter()
+                    .find_map(|(row, base)| row.find(c).map(|i| base + i as u32))
+            })
     });
     found.ok_or_else(|| ClientError::Connect(format!("invalid keycode: '{key}'")))
 }

@@ -24,7 +24,17 @@ impl Tmux {
             name: name.to_owned(),
         };
         let wrapped = format!("{command}; echo SESSION-ENDED-$?; sleep 600");
-        t.run(&["new-session", "-d", "-s", name, "-x", "160", "-y", "50", &wrapped]);
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "160",
+            "-y",
+            "50",
+            &wrapped,
+        ]);
         t
     }
 
@@ -35,7 +45,11 @@ impl Tmux {
             .args(args)
             .output()
             .expect("run tmux");
-        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -121,7 +135,10 @@ print('FINISHED')
         out.contains("BUSY: 9 operation failed: Active console session exists for this domain"),
         "{out}"
     );
-    assert!(out.contains("BOOT-SEEN") && out.contains("COMMAND-RAN") && out.contains("FINISHED"), "{out}");
+    assert!(
+        out.contains("BOOT-SEEN") && out.contains("COMMAND-RAN") && out.contains("FINISHED"),
+        "{out}"
+    );
     // QEMU's log of the port kept recording while the console was open.
     let log = std::fs::read_to_string(serial_log(dir, "con")).unwrap();
     assert!(log.contains("py-42"), "{log}");
@@ -135,7 +152,11 @@ print('FINISHED')
     first.expect("vsh-42", 30);
 
     // A second virsh takes the console over; the first sees it closed.
-    let second = Tmux::start_on(&first, "second", &format!("virsh -c {uri} console con --force"));
+    let second = Tmux::start_on(
+        &first,
+        "second",
+        &format!("virsh -c {uri} console con --force"),
+    );
     second.expect("Escape character is ^]", 20);
     first.expect("SESSION-ENDED", 20);
     second.keys(&["echo two-$((5*5))", "Enter"]);
@@ -152,8 +173,13 @@ print('FINISHED')
          st.abort()\nprint('REOPENED')\n",
     );
     assert!(r.ok().contains("REOPENED"));
-    let err = virsh(&uri, &["console", "con", "nosuchdev"]).fails().to_owned();
-    assert!(err.contains("cannot find character device nosuchdev") || err.contains("TTY"), "{err}");
+    let err = virsh(&uri, &["console", "con", "nosuchdev"])
+        .fails()
+        .to_owned();
+    assert!(
+        err.contains("cannot find character device nosuchdev") || err.contains("TTY"),
+        "{err}"
+    );
 
     // Destroying the domain ends an open console: the client sees EOF.
     let script = r#"
@@ -185,7 +211,17 @@ impl Tmux {
             name: name.to_owned(),
         };
         let wrapped = format!("{command}; echo SESSION-ENDED-$?; sleep 600");
-        t.run(&["new-session", "-d", "-s", name, "-x", "160", "-y", "50", &wrapped]);
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "160",
+            "-y",
+            "50",
+            &wrapped,
+        ]);
         t
     }
 }
@@ -236,7 +272,9 @@ fn screenshot_keys_monitor_passthrough_and_stream_rules() {
 
     // virsh screenshot writes a valid image, named after the MIME type.
     let shot = dir.join("shot");
-    let out = virsh_full(&uri, &["screenshot", "gfx", shot.to_str().unwrap()]).ok().to_owned();
+    let out = virsh_full(&uri, &["screenshot", "gfx", shot.to_str().unwrap()])
+        .ok()
+        .to_owned();
     assert!(out.contains("Screenshot saved to"), "{out}");
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -246,29 +284,84 @@ fn screenshot_keys_monitor_passthrough_and_stream_rules() {
     assert_eq!(out.trim(), "ok");
 
     // Monitor passthrough, QMP and HMP.
-    let out = virsh(&uri, &["qemu-monitor-command", "gfx", r#"{"execute":"query-status"}"#]).ok().to_owned();
+    let out = virsh(
+        &uri,
+        &[
+            "qemu-monitor-command",
+            "gfx",
+            r#"{"execute":"query-status"}"#,
+        ],
+    )
+    .ok()
+    .to_owned();
     assert!(out.contains(r#""status":"running""#), "{out}");
-    let out = virsh(&uri, &["qemu-monitor-command", "gfx", "--hmp", "info status"]).ok().to_owned();
+    let out = virsh(
+        &uri,
+        &["qemu-monitor-command", "gfx", "--hmp", "info status"],
+    )
+    .ok()
+    .to_owned();
     assert!(out.contains("VM status: running"), "{out}");
-    let out = virsh(&uri, &["qemu-monitor-command", "gfx", r#"{"execute":"no-such-command"}"#]).ok().to_owned();
+    let out = virsh(
+        &uri,
+        &[
+            "qemu-monitor-command",
+            "gfx",
+            r#"{"execute":"no-such-command"}"#,
+        ],
+    )
+    .ok()
+    .to_owned();
     assert!(out.contains("CommandNotFound"), "{out}");
     let log = std::fs::read_to_string(d.state_dir().join("log").join("gfx.log")).unwrap();
-    assert_eq!(log.matches("is tainted: custom-monitor").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("is tainted: custom-monitor").count(),
+        1,
+        "{log}"
+    );
     // Read-only clients are refused.
-    let err = virsh(&d.uri_ro(), &["qemu-monitor-command", "gfx", "--hmp", "info status"]).fails().to_owned();
-    assert!(err.contains("read only access prevents virDomainQemuMonitorCommand"), "{err}");
-    let err = virsh(&d.uri_ro(), &["screenshot", "gfx", "/dev/null"]).fails().to_owned();
+    let err = virsh(
+        &d.uri_ro(),
+        &["qemu-monitor-command", "gfx", "--hmp", "info status"],
+    )
+    .fails()
+    .to_owned();
+    assert!(
+        err.contains("read only access prevents virDomainQemuMonitorCommand"),
+        "{err}"
+    );
+    let err = virsh(&d.uri_ro(), &["screenshot", "gfx", "/dev/null"])
+        .fails()
+        .to_owned();
     assert!(err.contains("read only access prevents"), "{err}");
     // No agent: libvirt's error, at once.
     let t = Instant::now();
-    let err = virsh(&uri, &["qemu-agent-command", "gfx", r#"{"execute":"guest-ping"}"#]).fails().to_owned();
+    let err = virsh(
+        &uri,
+        &["qemu-agent-command", "gfx", r#"{"execute":"guest-ping"}"#],
+    )
+    .fails()
+    .to_owned();
     assert!(err.contains("QEMU guest agent is not configured"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5));
 
     // Raw QMP events: a STOP on suspend.
-    let mut w = Watcher::spawn(Command::new("virsh").args(["-c", &uri, "qemu-monitor-event", "gfx", "--loop"]));
+    let mut w = Watcher::spawn(Command::new("virsh").args([
+        "-c",
+        &uri,
+        "qemu-monitor-event",
+        "gfx",
+        "--loop",
+    ]));
     let mut named = Watcher::spawn(Command::new("virsh").args([
-        "-c", &uri, "qemu-monitor-event", "gfx", "--event", "resume", "--no-case", "--loop",
+        "-c",
+        &uri,
+        "qemu-monitor-event",
+        "gfx",
+        "--event",
+        "resume",
+        "--no-case",
+        "--loop",
     ]));
     std::thread::sleep(Duration::from_millis(700));
     virsh(&uri, &["suspend", "gfx"]).ok();
@@ -277,22 +370,32 @@ fn screenshot_keys_monitor_passthrough_and_stream_rules() {
     w.expect("event RESUME at", 10);
     let l = named.expect("event RESUME", 10);
     assert!(l.contains("for domain 'gfx'"), "{l}");
-    assert!(!named.seen.iter().any(|l| l.contains("STOP")), "{:?}", named.seen);
+    assert!(
+        !named.seen.iter().any(|l| l.contains("STOP")),
+        "{:?}",
+        named.seen
+    );
 
     // The stream rules, frame by frame: a screenshot stream, then packets
     // for no stream and data after finish are ignored, and the connection
     // goes on serving.
     let mut s = UnixStream::connect(d.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0; 8])).unwrap();
+    s.write_all(&call_frame(REMOTE_PROGRAM, 1, 1, &[0; 8]))
+        .unwrap();
     assert_eq!(read_packet(&mut s).status, 0);
     // A packet for a serial no stream has, before anything was opened.
     s.write_all(&stream_frame(211, 77, 2, b"junk")).unwrap();
     let mut body = xdr_domain(&uri, "gfx");
     body.extend_from_slice(&[0; 8]); // screen 0, flags 0
-    s.write_all(&call_frame(REMOTE_PROGRAM, 211, 5, &body)).unwrap();
+    s.write_all(&call_frame(REMOTE_PROGRAM, 211, 5, &body))
+        .unwrap();
     let reply = read_packet(&mut s);
-    assert_eq!((reply.kind, reply.serial, reply.status), (1, 5, 0), "{reply:?}");
+    assert_eq!(
+        (reply.kind, reply.serial, reply.status),
+        (1, 5, 0),
+        "{reply:?}"
+    );
     assert!(String::from_utf8_lossy(&reply.body).contains("image/png"));
     let mut image = Vec::new();
     loop {
@@ -309,18 +412,24 @@ fn screenshot_keys_monitor_passthrough_and_stream_rules() {
     // Finish handshake: the daemon confirms with an empty OK.
     s.write_all(&stream_frame(211, 5, 0, &[])).unwrap();
     let p = read_packet(&mut s);
-    assert_eq!((p.kind, p.serial, p.status, p.body.len()), (3, 5, 0, 0), "{p:?}");
+    assert_eq!(
+        (p.kind, p.serial, p.status, p.body.len()),
+        (3, 5, 0, 0),
+        "{p:?}"
+    );
     // Data and a second finish after the stream ended: ignored.
     s.write_all(&stream_frame(211, 5, 2, b"late data")).unwrap();
     s.write_all(&stream_frame(211, 5, 0, &[])).unwrap();
     s.write_all(&stream_frame(211, 999, 1, &[])).unwrap();
     // Abort of a live stream: confirmed with OK, nothing more.
-    s.write_all(&call_frame(REMOTE_PROGRAM, 211, 6, &body)).unwrap();
+    s.write_all(&call_frame(REMOTE_PROGRAM, 211, 6, &body))
+        .unwrap();
     assert_eq!(read_packet(&mut s).serial, 6);
     s.write_all(&stream_frame(211, 6, 1, &[])).unwrap();
     // CONNECT_GET_LIB_VERSION still answers, after whatever the aborted
     // stream had already queued.
-    s.write_all(&call_frame(REMOTE_PROGRAM, 157, 8, &[])).unwrap();
+    s.write_all(&call_frame(REMOTE_PROGRAM, 157, 8, &[]))
+        .unwrap();
     loop {
         let p = read_packet(&mut s);
         if p.kind == 1 {
@@ -330,4 +439,82 @@ fn screenshot_keys_monitor_passthrough_and_stream_rules() {
         assert_eq!((p.kind, p.serial), (3, 6), "{p:?}");
     }
     virsh(&uri, &["destroy", "gfx"]).ok();
+}
+
+#[test]
+fn qemuctl_streams_passthrough_and_bench_phases() {
+    let d = Daemon::start();
+    let uri = d.uri();
+    let dir = d.dir.path();
+    let x = write_xml(dir, "qc", &graphics_xml("qc"));
+    virsh(&uri, &["define", x.to_str().unwrap()]).ok();
+    virsh(&uri, &["start", "qc"]).ok();
+    let file = dir.join("qc.png");
+    let out = qemuctl(
+        &uri,
+        &["--json", "screenshot", "qc", file.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.ok()).expect("json");
+    assert_eq!(v["mime"], "image/png");
+    assert_eq!(&std::fs::read(&file).unwrap()[..4], b"\x89PNG");
+    qemuctl(&uri, &["send-key", "qc", "KEY_A", "KEY_ENTER"]).ok();
+    let out = qemuctl(
+        &uri,
+        &[
+            "--json",
+            "qemu-monitor-command",
+            "qc",
+            r#"{"execute":"query-status"}"#,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.ok()).expect("json");
+    assert_eq!(v["result"]["return"]["status"], "running");
+    let out = qemuctl(
+        &uri,
+        &["qemu-monitor-command", "qc", "--hmp", "info status"],
+    );
+    assert!(out.ok().contains("VM status: running"));
+    let err = qemuctl(
+        &uri,
+        &["qemu-agent-command", "qc", r#"{"execute":"guest-ping"}"#],
+    );
+    assert!(
+        err.fails().contains("QEMU guest agent is not configured")
+            || err.stdout.contains("not configured")
+    );
+    virsh(&uri, &["destroy", "qc"]).ok();
+
+    // Bench: screenshot latency. (The console throughput phase needs
+    // --console-kernel/--console-initrd and a guest boot; not run here.)
+    let out = qemuctl(
+        &uri,
+        &[
+            "--json",
+            "bench",
+            "--calls",
+            "50",
+            "--connections",
+            "2",
+            "--connects",
+            "2",
+            "--domains",
+            "2",
+            "--lifecycles",
+            "0",
+            "--subscribers",
+            "1",
+            "--events",
+            "1",
+            "--screenshots",
+            "3",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.ok()).expect("bench json");
+    let rows = v["results"].as_array().unwrap();
+    let shot = rows
+        .iter()
+        .find(|r| r["phase"] == "screenshot")
+        .expect("screenshot row");
+    assert_eq!(shot["count"], 3);
+    eprintln!("screenshot: {shot}");
 }

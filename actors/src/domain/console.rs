@@ -73,7 +73,11 @@ async fn open_console(call: &Call, a: DomainOpenConsoleArgs) -> Result<()> {
     )?;
     let (vm, qmp) = running(call, &a.dom).await?;
     let dev_name = a.dev_name.as_ref().map(|d| d.as_str());
-    let index = port_index(dev_name, vm.def.devices.serials.len(), vm.def.devices.console)?;
+    let index = port_index(
+        dev_name,
+        vm.def.devices.serials.len(),
+        vm.def.devices.console,
+    )?;
     let label = format!("charserial{index}");
     let chardevs = qmp
         .execute("query-chardev", None)

@@ -56,8 +56,7 @@ async fn screenshot(call: &Call, a: DomainScreenshotArgs) -> Result<DomainScreen
         .map_err(|e| Error::System(format!("cannot create {}: {e}", dir.display())))?;
     let file = TempFile(dir.join(format!(
         "qemu.screendump.{}.{}",
-        vm.def.uuid,
-        call.header.serial
+        vm.def.uuid, call.header.serial
     )));
     let path = file.0.to_string_lossy().into_owned();
     // PNG when QEMU can write it, as libvirt prefers; PPM otherwise.
@@ -82,8 +81,8 @@ async fn screenshot(call: &Call, a: DomainScreenshotArgs) -> Result<DomainScreen
             "image/x-portable-pixmap"
         }
     };
-    let data = std::fs::read(&file.0)
-        .map_err(|e| Error::System(format!("unable to open {path}: {e}")))?;
+    let data =
+        std::fs::read(&file.0).map_err(|e| Error::System(format!("unable to open {path}: {e}")))?;
     drop(file);
     if data.is_empty() {
         return Err(Error::OperationFailed("screenshot file is empty".into()));
@@ -143,19 +142,83 @@ const LINUX_EXTENDED: &[(u32, u32)] = &[
 
 /// USB HID usages of the main block, as Linux keycodes.
 const USB_TO_LINUX: &[(u32, u32)] = &[
-    (0x04, 30), (0x05, 48), (0x06, 46), (0x07, 32), (0x08, 18), (0x09, 33),
-    (0x0a, 34), (0x0b, 35), (0x0c, 23), (0x0d, 36), (0x0e, 37), (0x0f, 38),
-    (0x10, 50), (0x11, 49), (0x12, 24), (0x13, 25), (0x14, 16), (0x15, 19),
-    (0x16, 31), (0x17, 20), (0x18, 22), (0x19, 47), (0x1a, 17), (0x1b, 45),
-    (0x1c, 21), (0x1d, 44), (0x1e, 2), (0x1f, 3), (0x20, 4), (0x21, 5),
-    (0x22, 6), (0x23, 7), (0x24, 8), (0x25, 9), (0x26, 10), (0x27, 11),
-    (0x28, 28), (0x29, 1), (0x2a, 14), (0x2b, 15), (0x2c, 57), (0x2d, 12),
-    (0x2e, 13), (0x2f, 26), (0x30, 27), (0x31, 43), (0x33, 39), (0x34, 40),
-    (0x35, 41), (0x36, 51), (0x37, 52), (0x38, 53), (0x39, 58), (0x3a, 59),
-    (0x3b, 60), (0x3c, 61), (0x3d, 62), (0x3e, 63), (0x3f, 64), (0x40, 65),
-    (0x41, 66), (0x42, 67), (0x43, 68), (0x44, 87), (0x45, 88), (0x4f, 106),
-    (0x50, 105), (0x51, 108), (0x52, 103), (0xe0, 29), (0xe1, 42), (0xe2, 56),
-    (0xe3, 125), (0xe4, 97), (0xe5, 54), (0xe6, 100), (0xe7, 126),
+    (0x04, 30),
+    (0x05, 48),
+    (0x06, 46),
+    (0x07, 32),
+    (0x08, 18),
+    (0x09, 33),
+    (0x0a, 34),
+    (0x0b, 35),
+    (0x0c, 23),
+    (0x0d, 36),
+    (0x0e, 37),
+    (0x0f, 38),
+    (0x10, 50),
+    (0x11, 49),
+    (0x12, 24),
+    (0x13, 25),
+    (0x14, 16),
+    (0x15, 19),
+    (0x16, 31),
+    (0x17, 20),
+    (0x18, 22),
+    (0x19, 47),
+    (0x1a, 17),
+    (0x1b, 45),
+    (0x1c, 21),
+    (0x1d, 44),
+    (0x1e, 2),
+    (0x1f, 3),
+    (0x20, 4),
+    (0x21, 5),
+    (0x22, 6),
+    (0x23, 7),
+    (0x24, 8),
+    (0x25, 9),
+    (0x26, 10),
+    (0x27, 11),
+    (0x28, 28),
+    (0x29, 1),
+    (0x2a, 14),
+    (0x2b, 15),
+    (0x2c, 57),
+    (0x2d, 12),
+    (0x2e, 13),
+    (0x2f, 26),
+    (0x30, 27),
+    (0x31, 43),
+    (0x33, 39),
+    (0x34, 40),
+    (0x35, 41),
+    (0x36, 51),
+    (0x37, 52),
+    (0x38, 53),
+    (0x39, 58),
+    (0x3a, 59),
+    (0x3b, 60),
+    (0x3c, 61),
+    (0x3d, 62),
+    (0x3e, 63),
+    (0x3f, 64),
+    (0x40, 65),
+    (0x41, 66),
+    (0x42, 67),
+    (0x43, 68),
+    (0x44, 87),
+    (0x45, 88),
+    (0x4f, 106),
+    (0x50, 105),
+    (0x51, 108),
+    (0x52, 103),
+    (0xe0, 29),
+    (0xe1, 42),
+    (0xe2, 56),
+    (0xe3, 125),
+    (0xe4, 97),
+    (0xe5, 54),
+    (0xe6, 100),
+    (0xe7, 126),
 ];
 
 fn linux_to_qnum(code: u32) -> Option<u32> {
@@ -187,7 +250,10 @@ fn to_qnum(set: u32, code: u32) -> Result<u32> {
         _ => None,
     };
     q.ok_or_else(|| {
-        let name = codeset::NAMES.get(set as usize).copied().unwrap_or("unknown");
+        let name = codeset::NAMES
+            .get(set as usize)
+            .copied()
+            .unwrap_or("unknown");
         Error::Internal(format!(
             "cannot translate keycode {code} of {name} codeset to qnum keycode"
         ))
@@ -197,7 +263,9 @@ fn to_qnum(set: u32, code: u32) -> Result<u32> {
 async fn send_key(call: &Call, a: DomainSendKeyArgs) -> Result<()> {
     check_flags(a.flags, 0, "qemuDomainSendKey")?;
     if a.keycodes.0.is_empty() {
-        return Err(Error::InvalidArg("nkeycodes in virDomainSendKey must be greater than 0".into()));
+        return Err(Error::InvalidArg(
+            "nkeycodes in virDomainSendKey must be greater than 0".into(),
+        ));
     }
     let keys = a
         .keycodes

@@ -516,11 +516,7 @@ impl Registry {
         }
         // Every event also goes, raw, to QEMU monitor event subscribers.
         self.emit(&uuid, |d| crate::qemu_program::monitor_event(d, name, data));
-        let Some(live) = self
-            .domains
-            .get_mut(&uuid)
-            .and_then(|e| e.live.as_mut())
-        else {
+        let Some(live) = self.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) else {
             return;
         };
         match name {

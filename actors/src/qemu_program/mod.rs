@@ -135,9 +135,8 @@ async fn monitor_command(
 /// Runs a client's QMP command and gives back QEMU's whole answer, errors
 /// included, as libvirt does.
 async fn qmp_passthrough(qmp: &QmpClient, text: &str) -> Result<String> {
-    let cmd: Value = serde_json::from_str(text).map_err(|e| {
-        Error::Internal(format!("cannot parse json {text}: {e}"))
-    })?;
+    let cmd: Value = serde_json::from_str(text)
+        .map_err(|e| Error::Internal(format!("cannot parse json {text}: {e}")))?;
     let Some(name) = cmd.get("execute").and_then(Value::as_str) else {
         return Err(Error::Internal(format!(
             "cannot parse json {text}: no 'execute' member"

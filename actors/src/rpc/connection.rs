@@ -119,7 +119,10 @@ impl Callback {
         self.family == event.family
             && self.event_id == event.event_id
             && self.object.as_ref().is_none_or(|o| *o == event.object)
-            && self.qemu_event.as_ref().is_none_or(|f| f.matches(event.name.as_deref()))
+            && self
+                .qemu_event
+                .as_ref()
+                .is_none_or(|f| f.matches(event.name.as_deref()))
     }
 }
 

@@ -459,10 +459,8 @@ impl Connection {
                         // client until it catches up, as libvirtd does.
                         let serial = h.serial;
                         let body = packet.body;
-                        let wait = tokio::time::timeout(
-                            IN_WAIT,
-                            budget.acquire_many_owned(len as u32),
-                        );
+                        let wait =
+                            tokio::time::timeout(IN_WAIT, budget.acquire_many_owned(len as u32));
                         ctx.wait(wait.into_actor(self).map(move |res, act, ctx| {
                             let Some(e) = act.streams.map.get(&serial) else {
                                 return;
@@ -476,7 +474,10 @@ impl Connection {
                                 }
                                 Ok(Err(_)) => {}
                                 Err(_) => {
-                                    warn!(conn = act.id, serial, "stream consumer stalled; aborting the stream");
+                                    warn!(
+                                        conn = act.id,
+                                        serial, "stream consumer stalled; aborting the stream"
+                                    );
                                     act.stream_error(
                                         serial,
                                         Error::Rpc("stream consumer stalled".into()),
@@ -507,7 +508,11 @@ impl Connection {
                 );
             }
             MessageStatus::Error => {
-                debug!(conn = self.id, serial = h.serial, "stream aborted at client request");
+                debug!(
+                    conn = self.id,
+                    serial = h.serial,
+                    "stream aborted at client request"
+                );
                 let _ = e.inbound.send(InItem::Abort);
                 let p = e.packet(MessageStatus::Ok, Bytes::new());
                 self.streams.map.remove(&h.serial);
