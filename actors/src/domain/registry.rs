@@ -511,7 +511,7 @@ impl Registry {
         let Some(e) = self.domains.get_mut(&uuid) else {
             return;
         };
-        if !e.live.as_ref().is_some_and(|l| l.run == run) {
+        if e.live.as_ref().is_none_or(|l| l.run != run) {
             return;
         }
         // Every event also goes, raw, to QEMU monitor event subscribers.
