@@ -484,8 +484,8 @@ fn qemuctl_streams_passthrough_and_bench_phases() {
     );
     virsh(&uri, &["destroy", "qc"]).ok();
 
-    // Bench: screenshot latency. (The console throughput phase needs
-    // --console-kernel/--console-initrd and a guest boot; not run here.)
+    // Bench: screenshot latency and console throughput with the test guest.
+    let g = guest();
     let out = qemuctl(
         &uri,
         &[
@@ -505,8 +505,16 @@ fn qemuctl_streams_passthrough_and_bench_phases() {
             "1",
             "--events",
             "1",
+            "--domain-type",
+            domain_type(),
             "--screenshots",
             "3",
+            "--console-kernel",
+            g.kernel.to_str().unwrap(),
+            "--console-initrd",
+            g.initrd.to_str().unwrap(),
+            "--console-bytes",
+            "100000",
         ],
     );
     let v: serde_json::Value = serde_json::from_str(out.ok()).expect("bench json");
@@ -516,5 +524,10 @@ fn qemuctl_streams_passthrough_and_bench_phases() {
         .find(|r| r["phase"] == "screenshot")
         .expect("screenshot row");
     assert_eq!(shot["count"], 3);
-    eprintln!("screenshot: {shot}");
+    let console = rows
+        .iter()
+        .find(|r| r["phase"].as_str().unwrap().starts_with("console output"))
+        .expect("console row");
+    assert!(console["count"].as_u64().unwrap() >= 100_000, "{console}");
+    eprintln!("screenshot: {shot}\nconsole: {console}");
 }

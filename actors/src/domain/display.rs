@@ -28,6 +28,7 @@ pub fn procedures() -> Vec<Procedure> {
         call!(DOMAIN_SCREENSHOT, Write, screenshot),
         call!(DOMAIN_SEND_KEY, Write, send_key),
         call!(DOMAIN_GET_CONTROL_INFO, Read, control_info),
+        call!(DOMAIN_OPEN_GRAPHICS_FD, Write, open_graphics_fd),
     ]
 }
 
@@ -281,6 +282,47 @@ async fn send_key(call: &Call, a: DomainSendKeyArgs) -> Result<()> {
     qmp.execute("send-key", Some(args))
         .await
         .map_err(|e| Error::OperationFailed(e.to_string()))?;
+    Ok(())
+}
+
+/// `VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH`.
+const GRAPHICS_SKIPAUTH: u32 = 1;
+
+/// `virDomainOpenGraphicsFD`: one end of a socket pair handed to QEMU's VNC
+/// server as a new client, the other end to the caller.
+async fn open_graphics_fd(call: &Call, a: DomainOpenGraphicsFdArgs) -> Result<()> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    check_flags(a.flags, GRAPHICS_SKIPAUTH, "qemuDomainOpenGraphicsFD")?;
+    let (vm, qmp) = running(call, &a.dom).await?;
+    if vm.def.devices.graphics.is_none() || a.idx != 0 {
+        return Err(Error::Internal(format!(
+            "No graphics backend with index {}",
+            a.idx
+        )));
+    }
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::System(format!("Unable to create socket pair: {e}")))?;
+    // Refused here, before QEMU gets a client, where descriptors cannot travel.
+    crate::rpc::fdpass::attach(call, vec![ours]).await?;
+    let qmp_failed = |e: crate::domain::qmp::QmpError| Error::OperationFailed(e.to_string());
+    qmp.execute_with_fd("getfd", Some(json!({ "fdname": "graphicsfd" })), theirs)
+        .await
+        .map_err(qmp_failed)?;
+    qmp.execute(
+        "add_client",
+        Some(json!({
+            "protocol": "vnc",
+            "fdname": "graphicsfd",
+            "skipauth": a.flags & GRAPHICS_SKIPAUTH != 0,
+        })),
+    )
+    .await
+    .map_err(qmp_failed)?;
     Ok(())
 }
 

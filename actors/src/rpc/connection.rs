@@ -146,6 +146,11 @@ pub struct Connection {
     pings_unanswered: u32,
     /// Open data streams, by the serial of the call that opened them.
     pub(crate) streams: super::stream::Streams,
+    /// The socket, when it is a UNIX one and so can pass descriptors.
+    unix_fd: Option<std::os::fd::RawFd>,
+    /// Descriptors to send with the reply to a call, by serial.
+    pub(crate) reply_fds: HashMap<u32, Vec<std::os::fd::OwnedFd>>,
+    fd_queue: super::fdpass::FdQueue,
 }
 
 impl Connection {
@@ -155,14 +160,31 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let codec = RpcCodec::with_max_message(svc.settings.max_message_bytes);
+        let unix_fd = (&stream as &dyn std::any::Any)
+            .downcast_ref::<tokio::net::UnixStream>()
+            .map(std::os::fd::AsRawFd::as_raw_fd);
+        let fd_queue = super::fdpass::FdQueue::default();
+        let writer_fds = fd_queue.clone();
         let (reader, writer) = tokio::io::split(stream);
         let (out, mut rx) = mpsc::channel::<Packet>(svc.settings.max_queued_messages.max(16));
         actix_rt::spawn(async move {
             let mut sink = FramedWrite::new(writer, codec);
             while let Some(packet) = rx.recv().await {
+                let with_fds = packet.header.kind == MessageType::ReplyWithFds;
                 if let Err(e) = sink.feed(packet).await {
                     debug!("client write failed: {e}");
                     break;
+                }
+                // The descriptors follow their message on the socket.
+                if let (true, Some(sock)) = (with_fds, unix_fd) {
+                    let sent = match sink.flush().await {
+                        Ok(()) => super::fdpass::send_fds(sock, writer_fds.pop()).await,
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
+                    if let Err(e) = sent {
+                        debug!("sending descriptors failed: {e}");
+                        break;
+                    }
                 }
                 // Batch what is already queued into one flush.
                 if rx.is_empty() {
@@ -192,6 +214,9 @@ impl Connection {
                 last_heard: Instant::now(),
                 pings_unanswered: 0,
                 streams: Default::default(),
+                unix_fd,
+                reply_fds: HashMap::new(),
+                fd_queue,
             }
         })
     }
@@ -214,7 +239,18 @@ impl Connection {
 
     fn reply(&mut self, call: Header, result: Result<Vec<u8>>, ctx: &mut Context<Self>) {
         let ok = result.is_ok();
+        let fds = self.reply_fds.remove(&call.serial).filter(|_| ok);
         let packet = match result {
+            Ok(body) if fds.is_some() => {
+                // REPLY_WITH_FDS: the number of descriptors, then the body.
+                let fds = fds.unwrap_or_default();
+                let mut with_count = (fds.len() as u32).to_be_bytes().to_vec();
+                with_count.extend_from_slice(&body);
+                self.fd_queue.push(fds);
+                let mut header = call.reply_to(MessageStatus::Ok);
+                header.kind = MessageType::ReplyWithFds;
+                Packet::new(header, with_count)
+            }
             Ok(body) => Packet::new(call.reply_to(MessageStatus::Ok), body),
             Err(e) => {
                 debug!(
@@ -256,7 +292,13 @@ impl Connection {
                     ));
                     return self.reply(h, Err(e), ctx);
                 }
-                self.on_call(h, packet.body, ctx);
+                let mut body = packet.body;
+                if h.kind == MessageType::CallWithFds {
+                    // The descriptor count; the descriptors themselves were
+                    // not taken off the socket (no procedure here takes any).
+                    body = body.slice(body.len().min(4)..);
+                }
+                self.on_call(h, body, ctx);
             }
             (program::REMOTE | program::QEMU, MessageType::Stream) => {
                 self.on_stream_packet(packet, ctx);
@@ -343,6 +385,11 @@ impl Connection {
                 act.run_call(next, body, ctx);
             }
         }));
+    }
+
+    /// Whether this connection can carry file descriptors (UNIX sockets).
+    pub(crate) fn fd_passing(&self) -> bool {
+        self.unix_fd.is_some()
     }
 
     /// Registers an event callback and returns its ID.
