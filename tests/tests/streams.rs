@@ -283,6 +283,22 @@ fn screenshot_keys_monitor_passthrough_and_stream_rules() {
     let out = virsh(&uri, &["domcontrol", "gfx"]).ok().to_owned();
     assert_eq!(out.trim(), "ok");
 
+    // A VNC client connection handed over as a descriptor (virt-manager's
+    // way to the graphical console).
+    let script = r#"
+import libvirt, os, socket
+c = libvirt.open(os.environ['QEMUD_URI'])
+fd = c.lookupByName('gfx').openGraphicsFD(0, 0)
+s = socket.socket(fileno=fd)
+s.settimeout(10)
+print('GREETING', s.recv(12))
+s.close()
+print('ALIVE', c.lookupByName('gfx').isActive())
+"#;
+    let out = python(&uri, script).ok().to_owned();
+    assert!(out.contains("GREETING b'RFB 003.00"), "{out}");
+    assert!(out.contains("ALIVE 1"), "{out}");
+
     // Monitor passthrough, QMP and HMP.
     let out = virsh(
         &uri,
