@@ -47,14 +47,20 @@ root="$work/root"
 mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
 cp "$busybox" "$root/bin/busybox"
 
-# The power button driver and the event interface it reports through are
-# modules in Debian's kernel. Copy them, decompressing if needed.
-for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko; do
+# The power button driver and the event interface it reports through, and
+# the virtio-serial stack the guest agent port needs, are modules in
+# Debian's kernel. Copy them, decompressing if needed.
+n=10
+for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko \
+    kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko \
+    kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko \
+    kernel/drivers/virtio/virtio_pci.ko kernel/drivers/char/virtio_console.ko; do
+    n=$((n + 1))
     src=$(ls "$modules/$m"* 2>/dev/null | head -n1)
     if [ -z "$src" ]; then
         continue # built into this kernel
     fi
-    name=$(basename "$m")
+    name="$n-$(basename "$m")"
     case "$src" in
         *.xz) xz -dc "$src" > "$root/lib/modules/$name" ;;
         *.zst) zstd -qdc "$src" > "$root/lib/modules/$name" ;;
@@ -70,8 +76,12 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /lib/modules/*.ko; do
-    insmod "$m" 2>/dev/null
+# Three passes: a module whose dependency loads later in a pass loads in
+# the next one.
+for pass in 1 2 3; do
+    for m in /lib/modules/*.ko; do
+        insmod "$m" 2>/dev/null
+    done
 done
 # Find the event device of the ACPI power button.
 button=""
@@ -87,6 +97,36 @@ done
 echo "QEMUD-GUEST-READY button=$button"
 # A shell on the serial console, for console tests; a new one when it exits.
 (while true; do setsid cttyhack sh -i; sleep 1; done) </dev/ttyS0 >/dev/ttyS0 2>&1 &
+# A tiny guest agent on the agent's virtio-serial port, for agent tests.
+agent_port=""
+for p in /sys/class/virtio-ports/*; do
+    if [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+        agent_port=/dev/${p##*/}
+    fi
+done
+if [ -n "$agent_port" ]; then
+    (
+        # Kept open for good: the host sees the agent as connected.
+        exec 3<>"$agent_port"
+        while true; do
+            # EOF while the host side is not connected: wait and retry.
+            if ! IFS= read -r line <&3; then
+                sleep 0.1
+                continue
+            fi
+            case "$line" in
+            *guest-sync*)
+                id=$(echo "$line" | sed -n 's/.*"id" *: *\([0-9]*\).*/\1/p')
+                printf '\377{"return": %s}\n' "$id" >&3 ;;
+            *guest-ping*) echo '{"return": {}}' >&3 ;;
+            *guest-get-time*) echo "{\"return\": $(date +%s)000000000}" >&3 ;;
+            *guest-get-host-name*) echo '{"return": {"host-name": "qemud-guest"}}' >&3 ;;
+            *guest-info*) echo '{"return": {"version": "qemud-test-agent", "supported_commands": []}}' >&3 ;;
+            *) echo '{"error": {"class": "CommandNotFound", "desc": "The command is not supported"}}' >&3 ;;
+            esac
+        done
+    ) &
+fi
 if [ -n "$button" ]; then
     # Block until the button sends its first input event, then power off
     # the way an OS does after an ACPI power-button press.

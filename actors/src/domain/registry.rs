@@ -1101,6 +1101,7 @@ pub struct RunningVm {
     pub def: DomainDef,
     /// The domain's log file (QEMU's output, taint notes).
     pub log_file: std::path::PathBuf,
+    pub qmp_socket: std::path::PathBuf,
 }
 
 impl Handler<GetRunning> for Registry {
@@ -1112,12 +1113,14 @@ impl Handler<GetRunning> for Registry {
             return Err(Error::OperationInvalid("domain is not running".into()));
         };
         let (vm, run, def) = (live.vm.clone(), live.run, live.def.clone());
+        let qmp_socket = live.qmp_socket.clone();
         let log_file = self.store.log_file(&def.name);
         Ok(RunningVm {
             vm,
             run,
             def,
             log_file,
+            qmp_socket,
         })
     }
 }

@@ -172,9 +172,9 @@ fn qmp_error(e: QmpError) -> Error {
 async fn agent_command(call: &Call, a: DomainAgentCommandArgs) -> Result<DomainAgentCommandRet> {
     refuse_read_only(call, "virDomainQemuAgentCommand")?;
     check_flags(a.flags, 0, "virDomainQemuAgentCommand")?;
-    let (vm, _) = running(call, &a.dom).await?;
+    let (vm, qmp) = running(call, &a.dom).await?;
     taint(&vm, "custom-ga-command");
-    crate::domain::agent::passthrough(&vm, a.cmd.as_str(), a.timeout)
+    crate::domain::agent::passthrough(&vm, &qmp, a.cmd.as_str(), a.timeout)
         .await
         .map(|r| DomainAgentCommandRet {
             result: Some(XdrString(r)),
