@@ -121,6 +121,9 @@ if [ -n "$agent_port" ]; then
             *guest-ping*) echo '{"return": {}}' >&3 ;;
             *guest-get-time*) echo "{\"return\": $(date +%s)000000000}" >&3 ;;
             *guest-get-host-name*) echo '{"return": {"host-name": "qemud-guest"}}' >&3 ;;
+            *guest-fsfreeze*) echo '{"return": 0}' >&3 ;;
+            *guest-network-get-interfaces*)
+                echo '{"return": [{"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}]}]}' >&3 ;;
             *guest-info*) echo '{"return": {"version": "qemud-test-agent", "supported_commands": []}}' >&3 ;;
             *) echo '{"error": {"class": "CommandNotFound", "desc": "The command is not supported"}}' >&3 ;;
             esac

@@ -78,6 +78,14 @@ fn agent_commands_time_and_hostname() {
         .unwrap()
         .as_secs() as i64;
     assert!((secs - now).abs() < 3600, "guest time {secs} vs host {now}");
+    let out = virsh_full(&uri, &["domfsfreeze", "ga"]).ok().to_owned();
+    assert!(out.contains("Froze 0 filesystem(s)"), "{out}");
+    let out = virsh_full(&uri, &["domfsthaw", "ga"]).ok().to_owned();
+    assert!(out.contains("Thawed 0 filesystem(s)"), "{out}");
+    let out = virsh(&uri, &["domifaddr", "ga", "--source", "agent"])
+        .ok()
+        .to_owned();
+    assert!(out.contains("127.0.0.1/8"), "{out}");
     // An unknown command: the agent's own error, as libvirt passes it on.
     let out = virsh(
         &uri,

@@ -500,8 +500,9 @@ fn qemuctl_streams_passthrough_and_bench_phases() {
     );
     virsh(&uri, &["destroy", "qc"]).ok();
 
-    // Bench: screenshot latency and console throughput with the test guest.
-    let g = guest();
+    // Bench: screenshot latency. The console throughput phase boots the
+    // test guest (--console-kernel/--console-initrd); too slow for CI under
+    // TCG, it is run by hand.
     let out = qemuctl(
         &uri,
         &[
@@ -525,12 +526,6 @@ fn qemuctl_streams_passthrough_and_bench_phases() {
             domain_type(),
             "--screenshots",
             "3",
-            "--console-kernel",
-            g.kernel.to_str().unwrap(),
-            "--console-initrd",
-            g.initrd.to_str().unwrap(),
-            "--console-bytes",
-            "100000",
         ],
     );
     let v: serde_json::Value = serde_json::from_str(out.ok()).expect("bench json");
@@ -540,10 +535,5 @@ fn qemuctl_streams_passthrough_and_bench_phases() {
         .find(|r| r["phase"] == "screenshot")
         .expect("screenshot row");
     assert_eq!(shot["count"], 3);
-    let console = rows
-        .iter()
-        .find(|r| r["phase"].as_str().unwrap().starts_with("console output"))
-        .expect("console row");
-    assert!(console["count"].as_u64().unwrap() >= 100_000, "{console}");
-    eprintln!("screenshot: {shot}\nconsole: {console}");
+    eprintln!("screenshot: {shot}");
 }

@@ -40,6 +40,9 @@ pub fn procedures() -> Vec<Procedure> {
         call!(DOMAIN_GET_TIME, Read, get_time),
         call!(DOMAIN_SET_TIME, Write, set_time),
         call!(DOMAIN_GET_HOSTNAME, Read, get_hostname),
+        call!(DOMAIN_FSFREEZE, Write, fs_freeze),
+        call!(DOMAIN_FSTHAW, Write, fs_thaw),
+        call!(DOMAIN_INTERFACE_ADDRESSES, Read, interface_addresses),
     ]
 }
 
@@ -262,5 +265,102 @@ async fn get_hostname(call: &Call, a: DomainGetHostnameArgs) -> Result<DomainGet
         .ok_or_else(|| Error::Internal("malformed return value".into()))?;
     Ok(DomainGetHostnameRet {
         hostname: name.into(),
+    })
+}
+
+/// Freezes or thaws guest filesystems, all or the given mount points;
+/// returns how many.
+async fn freeze_or_thaw(
+    call: &Call,
+    dom: &NonnullDomain,
+    mountpoints: &[qemud_protocol::xdr::XdrString],
+    freeze: bool,
+) -> Result<i32> {
+    let (vm, qmp) = running(call, dom).await?;
+    let (name, args) = match (freeze, mountpoints.is_empty()) {
+        (true, true) => ("guest-fsfreeze-freeze", None),
+        (true, false) => (
+            "guest-fsfreeze-freeze-list",
+            Some(
+                json!({ "mountpoints": mountpoints.iter().map(|m| m.as_str()).collect::<Vec<_>>() }),
+            ),
+        ),
+        (false, _) => ("guest-fsfreeze-thaw", None),
+    };
+    let n = command(&vm, &qmp, name, args).await?;
+    n.as_i64()
+        .map(|n| n as i32)
+        .ok_or_else(|| Error::Internal("malformed return value".into()))
+}
+
+async fn fs_freeze(call: &Call, a: DomainFsfreezeArgs) -> Result<DomainFsfreezeRet> {
+    check_flags(a.flags, 0, "qemuDomainFSFreeze")?;
+    Ok(DomainFsfreezeRet {
+        filesystems: freeze_or_thaw(call, &a.dom, &a.mountpoints.0, true).await?,
+    })
+}
+
+async fn fs_thaw(call: &Call, a: DomainFsthawArgs) -> Result<DomainFsthawRet> {
+    check_flags(a.flags, 0, "qemuDomainFSThaw")?;
+    if !a.mountpoints.0.is_empty() {
+        return Err(Error::ArgumentUnsupported(
+            "specifying mountpoints is not supported".into(),
+        ));
+    }
+    Ok(DomainFsthawRet {
+        filesystems: freeze_or_thaw(call, &a.dom, &[], false).await?,
+    })
+}
+
+/// `VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT`.
+const ADDRESSES_SRC_AGENT: u32 = 1;
+
+async fn interface_addresses(
+    call: &Call,
+    a: DomainInterfaceAddressesArgs,
+) -> Result<DomainInterfaceAddressesRet> {
+    check_flags(a.flags, 0, "qemuDomainInterfaceAddresses")?;
+    if a.source != ADDRESSES_SRC_AGENT {
+        return Err(Error::ArgumentUnsupported(format!(
+            "Unsupported IP address data source {}",
+            a.source
+        )));
+    }
+    let (vm, qmp) = running(call, &a.dom).await?;
+    let r = command(&vm, &qmp, "guest-network-get-interfaces", None).await?;
+    let mut ifaces = Vec::new();
+    for iface in r.as_array().into_iter().flatten() {
+        let Some(name) = iface.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let addrs = iface
+            .get("ip-addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| {
+                let ty = match ip.get("ip-address-type")?.as_str()? {
+                    "ipv4" => 0,
+                    "ipv6" => 1,
+                    _ => return None,
+                };
+                Some(DomainIpAddr {
+                    type_: ty,
+                    addr: ip.get("ip-address")?.as_str()?.into(),
+                    prefix: ip.get("prefix")?.as_u64()? as u32,
+                })
+            })
+            .collect();
+        ifaces.push(DomainInterface {
+            name: name.into(),
+            hwaddr: iface
+                .get("hardware-address")
+                .and_then(Value::as_str)
+                .map(Into::into),
+            addrs: qemud_protocol::xdr::XdrVec(addrs),
+        });
+    }
+    Ok(DomainInterfaceAddressesRet {
+        ifaces: qemud_protocol::xdr::XdrVec(ifaces),
     })
 }
