@@ -27,6 +27,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     openssh-server \
     openssh-client \
     netcat-openbsd \
+    tmux \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

@@ -33,8 +33,20 @@ fn agent_commands_time_and_hostname() {
         "{err}"
     );
     assert!(t.elapsed() < Duration::from_secs(5));
+    let mut events = Watcher::spawn(std::process::Command::new("virsh").args([
+        "-c",
+        &uri,
+        "event",
+        "ga",
+        "--event",
+        "agent-lifecycle",
+        "--loop",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
     virsh(&uri, &["resume", "ga"]).ok();
     wait_guest_ready(dir, "ga", 120);
+    // The guest's agent opening its port is an agent lifecycle event.
+    events.expect("state: 'connected'", 60);
 
     // The guest's agent opens its port shortly after the ready marker.
     let mut out = String::new();

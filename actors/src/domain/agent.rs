@@ -364,3 +364,31 @@ async fn interface_addresses(
         ifaces: qemud_protocol::xdr::XdrVec(ifaces),
     })
 }
+
+/// `VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE`.
+const EVENT_AGENT_LIFECYCLE: i32 = 18;
+
+/// The body of an agent lifecycle event after the callback ID.
+#[derive(serde::Serialize)]
+struct AgentLifecycleBody<'a> {
+    dom: &'a NonnullDomain,
+    state: i32,
+    reason: i32,
+}
+
+/// The agent connected (the guest opened its port) or disconnected:
+/// state CONNECTED 1 / DISCONNECTED 2, reason CHANNEL 2.
+pub fn lifecycle_event(dom: &NonnullDomain, connected: bool) -> Result<crate::events::Event> {
+    let body = AgentLifecycleBody {
+        dom,
+        state: if connected { 1 } else { 2 },
+        reason: 2,
+    };
+    crate::events::Event::new(
+        crate::events::Family::Domain,
+        crate::events::ObjectKey::Uuid(uuid::Uuid::from_bytes(dom.uuid.0)),
+        EVENT_AGENT_LIFECYCLE,
+        DOMAIN_EVENT_CALLBACK_AGENT_LIFECYCLE,
+        &body,
+    )
+}

@@ -587,6 +587,10 @@ impl Registry {
                 }
             }
             "RESET" => self.emit(&uuid, Event::reboot),
+            "VSERPORT_CHANGE" if data.get("id").and_then(|i| i.as_str()) == Some("channel0") => {
+                let open = data.get("open").and_then(|o| o.as_bool()).unwrap_or(false);
+                self.emit(&uuid, |d| crate::domain::agent::lifecycle_event(d, open));
+            }
             "RTC_CHANGE" => {
                 let offset = data.get("offset").and_then(|o| o.as_i64()).unwrap_or(0);
                 self.emit(&uuid, |d| Event::rtc_change(d, offset));
