@@ -294,8 +294,9 @@ impl Connection {
                 }
                 let mut body = packet.body;
                 if h.kind == MessageType::CallWithFds {
-                    // The descriptor count; the descriptors themselves were
-                    // not taken off the socket (no procedure here takes any).
+                    // Drop the descriptor count. The descriptors rode on
+                    // bytes the codec skips, and plain reads discard them:
+                    // no procedure qemud serves takes any.
                     body = body.slice(body.len().min(4)..);
                 }
                 self.on_call(h, body, ctx);
