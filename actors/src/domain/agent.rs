@@ -37,9 +37,9 @@ static NEXT_SYNC: AtomicU64 = AtomicU64::new(1);
 
 pub fn procedures() -> Vec<Procedure> {
     vec![
-        call!(DOMAIN_GET_TIME, Read, get_time),
+        call!(DOMAIN_GET_TIME, Write, get_time),
         call!(DOMAIN_SET_TIME, Write, set_time),
-        call!(DOMAIN_GET_HOSTNAME, Read, get_hostname),
+        call!(DOMAIN_GET_HOSTNAME, Write, get_hostname),
         call!(DOMAIN_FSFREEZE, Write, fs_freeze),
         call!(DOMAIN_FSTHAW, Write, fs_thaw),
         call!(DOMAIN_INTERFACE_ADDRESSES, Read, interface_addresses),
