@@ -55,6 +55,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 # Prometheus scrapes the metrics endpoint in a test.
 $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus \
+    tmux \
     >/dev/null
 
 # The test guest boots a Debian kernel. Installing linux-image-amd64 would

@@ -58,6 +58,19 @@ pub struct BenchArgs {
     /// a network namespace of its own.
     #[arg(long, default_value_t = 0)]
     pub networks: usize,
+    /// Screenshots taken of a tiny VM with VNC; 0 skips.
+    #[arg(long, default_value_t = 10)]
+    pub screenshots: usize,
+    /// Kernel of a guest with a shell on its serial console, for the
+    /// console throughput phase (skipped without it).
+    #[arg(long)]
+    pub console_kernel: Option<String>,
+    /// Initrd of that guest.
+    #[arg(long)]
+    pub console_initrd: Option<String>,
+    /// Bytes the guest prints in the console phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub console_bytes: usize,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -370,6 +383,12 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         rows.push(row("network start (NAT, dnsmasq)", start, None));
         rows.push(row("network destroy", destroy, None));
     }
+    if a.screenshots > 0 {
+        rows.push(screenshot_phase(&c, &prefix, &ty, a.screenshots).await?);
+    }
+    if let (Some(k), Some(i)) = (&a.console_kernel, &a.console_initrd) {
+        rows.push(console_phase(&c, &prefix, &ty, k, i, a.console_bytes).await?);
+    }
     c.undefine(&probe).await?;
 
     // Storage: qcow2 volume create (qemu-img) and delete latency.
@@ -390,6 +409,114 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
         }
     }
     Ok(rows)
+}
+
+/// Screenshot latency: call, PNG/PPM stream, finish handshake.
+async fn screenshot_phase(
+    c: &Client,
+    prefix: &str,
+    ty: &str,
+    n: usize,
+) -> Result<Row, ClientError> {
+    let xml = format!(
+        "<domain type='{ty}'><name>{prefix}shot</name><memory unit='MiB'>32</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <devices><graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\
+         <memballoon model='none'/></devices></domain>"
+    );
+    let d = c.define_xml(&xml).await?;
+    c.start(&d).await?;
+    let mut samples = Vec::new();
+    let mut result = Ok(());
+    for _ in 0..n {
+        match timed(c.screenshot(&d, 0)).await {
+            Ok((t, _)) => samples.push(t),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let _ = c.destroy(&d).await;
+    c.undefine(&d).await?;
+    result?;
+    Ok(row("screenshot", samples, None))
+}
+
+/// Console throughput: the guest's shell prints `bytes` bytes; the row's
+/// ops/s column is MB/s and its latencies the whole transfer.
+async fn console_phase(
+    c: &Client,
+    prefix: &str,
+    ty: &str,
+    kernel: &str,
+    initrd: &str,
+    bytes: usize,
+) -> Result<Row, ClientError> {
+    let xml = format!(
+        "<domain type='{ty}'><name>{prefix}console</name><memory unit='MiB'>256</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel>\
+         <initrd>{initrd}</initrd><cmdline>console=ttyS0 quiet</cmdline></os><features><acpi/></features>\
+         <devices><serial type='pty'/><console type='pty'/><memballoon model='none'/></devices></domain>"
+    );
+    let d = c.define_xml(&xml).await?;
+    c.start(&d).await?;
+    let result = async {
+        let mut st = c.open_console(&d, None, true).await?;
+        // Wait for a shell: ask it to echo until it does (at most 2 min).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut seen = Vec::new();
+        let mut asked = Instant::now() - Duration::from_secs(10);
+        while !contains(&seen, b"BENCH-2READY") {
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout("guest shell on the console".into()));
+            }
+            if asked.elapsed() > Duration::from_secs(2) {
+                st.send(b"echo BENCH-$((1+1))READY\n").await?;
+                asked = Instant::now();
+            }
+            match tokio::time::timeout(Duration::from_millis(500), st.recv()).await {
+                Ok(Ok(Some(b))) => seen.extend_from_slice(&b),
+                Ok(Ok(None)) => return Err(ClientError::Closed),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let cmd = format!("head -c {bytes} /dev/zero | tr '\\000' x; echo BENCH-$((2+2))END\n");
+        let start = Instant::now();
+        st.send(cmd.as_bytes()).await?;
+        let mut got = 0usize;
+        let mut tail: Vec<u8> = Vec::new();
+        loop {
+            let left =
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(300);
+            let b = tokio::time::timeout(left, st.recv())
+                .await
+                .map_err(|_| ClientError::Timeout("console output".into()))??
+                .ok_or(ClientError::Closed)?;
+            got += b.len();
+            tail.extend_from_slice(&b);
+            if contains(&tail, b"BENCH-4END") {
+                break;
+            }
+            let keep = tail.len().saturating_sub(16);
+            tail.drain(..keep);
+        }
+        let wall = start.elapsed();
+        let _ = st.abort().await;
+        let mut r = row("console output (ops/s = MB/s)", vec![wall], None);
+        r.count = got;
+        r.ops_per_sec = Some(got as f64 / 1e6 / wall.as_secs_f64().max(1e-9));
+        Ok(r)
+    }
+    .await;
+    let _ = c.destroy(&d).await;
+    c.undefine(&d).await?;
+    result
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 pub fn print_table(rows: &[Row]) {

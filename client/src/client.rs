@@ -96,6 +96,9 @@ impl EventMessage {
 struct Outgoing {
     packet: Packet,
     reply: Option<oneshot::Sender<Packet>>,
+    /// Where STREAM packets on this call's serial go, for calls that open
+    /// a stream.
+    stream: Option<mpsc::UnboundedSender<Packet>>,
 }
 
 pub struct Client {
@@ -169,11 +172,24 @@ impl Client {
     pub async fn call_raw(&self, procedure: i32, body: Vec<u8>) -> Result<Bytes> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let header = Header::call(program::REMOTE, program::REMOTE_VERSION, procedure, serial);
+        self.call_header(header, body, None).await
+    }
+
+    /// Sends one call with a ready header; `stream` receives the STREAM
+    /// packets that follow its reply.
+    async fn call_header(
+        &self,
+        header: Header,
+        body: Vec<u8>,
+        stream: Option<mpsc::UnboundedSender<Packet>>,
+    ) -> Result<Bytes> {
+        let procedure = header.procedure;
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(Outgoing {
                 packet: Packet::new(header, body),
                 reply: Some(tx),
+                stream,
             })
             .await
             .map_err(|_| ClientError::Closed)?;
@@ -804,6 +820,7 @@ async fn run(
     events: mpsc::UnboundedSender<EventMessage>,
 ) {
     let mut pending: HashMap<u32, oneshot::Sender<Packet>> = HashMap::new();
+    let mut streams: HashMap<u32, mpsc::UnboundedSender<Packet>> = HashMap::new();
     // Keepalive like libvirt's clients: ping a silent server every
     // KEEPALIVE_INTERVAL and give up after KEEPALIVE_COUNT unanswered pings.
     let mut ticker = tokio::time::interval(KEEPALIVE_INTERVAL);
@@ -829,6 +846,9 @@ async fn run(
                 if let Some(reply) = req.reply {
                     pending.insert(req.packet.header.serial, reply);
                 }
+                if let Some(stream) = req.stream {
+                    streams.insert(req.packet.header.serial, stream);
+                }
                 // Batch whatever else is already queued into one flush.
                 if framed.feed(req.packet).await.is_err() {
                     break;
@@ -837,6 +857,9 @@ async fn run(
                 while let Ok(more) = requests.try_recv() {
                     if let Some(reply) = more.reply {
                         pending.insert(more.packet.header.serial, reply);
+                    }
+                    if let Some(stream) = more.stream {
+                        streams.insert(more.packet.header.serial, stream);
                     }
                     if framed.feed(more.packet).await.is_err() {
                         failed = true;
@@ -859,9 +882,21 @@ async fn run(
                     {
                         break;
                     }
-                    (program::REMOTE, MessageType::Reply) => {
+                    (program::REMOTE | program::QEMU, MessageType::Reply) => {
+                        if h.status != MessageStatus::Ok {
+                            streams.remove(&h.serial);
+                        }
                         if let Some(tx) = pending.remove(&h.serial) {
                             let _ = tx.send(packet);
+                        }
+                    }
+                    (program::REMOTE | program::QEMU, MessageType::Stream) => {
+                        // Data packets end with the stream's final OK or ERROR.
+                        let last = h.status != MessageStatus::Continue;
+                        if let Some(tx) = streams.get(&h.serial) {
+                            if tx.send(packet).is_err() || last {
+                                streams.remove(&h.serial);
+                            }
                         }
                     }
                     (program::REMOTE, MessageType::Message) => {
@@ -1081,5 +1116,224 @@ impl Client {
             )
             .await?;
         Ok((a.active != 0, p.persistent != 0, s.autostart != 0))
+    }
+}
+
+/// A data stream opened by a call (console, screenshot), client side.
+pub struct ClientStream {
+    header: Header,
+    requests: mpsc::Sender<Outgoing>,
+    packets: mpsc::UnboundedReceiver<Packet>,
+    finished: bool,
+}
+
+impl ClientStream {
+    /// The next data from the daemon; `None` at end of data.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let p = self.packets.recv().await.ok_or(ClientError::Closed)?;
+        match p.header.status {
+            MessageStatus::Continue if p.body.is_empty() => {
+                self.finished = true;
+                Ok(None)
+            }
+            MessageStatus::Continue => Ok(Some(p.body)),
+            MessageStatus::Error => {
+                self.finished = true;
+                let e: RemoteError =
+                    xdr::from_bytes(&p.body).map_err(|e| ClientError::Protocol(e.0))?;
+                Err(ClientError::Remote(Box::new(e)))
+            }
+            _ => {
+                self.finished = true;
+                Ok(None)
+            }
+        }
+    }
+
+    fn packet(&self, status: MessageStatus, body: Vec<u8>) -> Outgoing {
+        Outgoing {
+            packet: Packet::new(
+                Header {
+                    kind: MessageType::Stream,
+                    status,
+                    ..self.header
+                },
+                body,
+            ),
+            reply: None,
+            stream: None,
+        }
+    }
+
+    /// Sends data to the daemon's end.
+    pub async fn send(&self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(262_120) {
+            self.requests
+                .send(self.packet(MessageStatus::Continue, chunk.to_vec()))
+                .await
+                .map_err(|_| ClientError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// The finish handshake: waits for the daemon's confirmation.
+    pub async fn finish(mut self) -> Result<()> {
+        self.requests
+            .send(self.packet(MessageStatus::Ok, Vec::new()))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        loop {
+            let p = tokio::time::timeout(DEFAULT_TIMEOUT, self.packets.recv())
+                .await
+                .map_err(|_| ClientError::Timeout("stream finish".into()))?
+                .ok_or(ClientError::Closed)?;
+            match p.header.status {
+                MessageStatus::Ok => return Ok(()),
+                MessageStatus::Error => {
+                    let e: RemoteError =
+                        xdr::from_bytes(&p.body).map_err(|e| ClientError::Protocol(e.0))?;
+                    return Err(ClientError::Remote(Box::new(e)));
+                }
+                // Data still in flight before the confirmation.
+                _ => {}
+            }
+        }
+    }
+
+    /// Aborts the stream.
+    pub async fn abort(self) -> Result<()> {
+        self.requests
+            .send(self.packet(MessageStatus::Error, Vec::new()))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+}
+
+/// Streams and the QEMU program.
+impl Client {
+    /// Makes a call that opens a stream; returns the reply body and the stream.
+    pub async fn call_stream<A: Serialize>(
+        &self,
+        procedure: i32,
+        args: &A,
+    ) -> Result<(Bytes, ClientStream)> {
+        let body = xdr::to_bytes(args).map_err(|e| ClientError::Protocol(e.0))?;
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let header = Header::call(program::REMOTE, program::REMOTE_VERSION, procedure, serial);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reply = self.call_header(header, body, Some(tx)).await?;
+        Ok((
+            reply,
+            ClientStream {
+                header,
+                requests: self.requests.clone(),
+                packets: rx,
+                finished: false,
+            },
+        ))
+    }
+
+    /// A call of the QEMU program (monitor and agent passthrough).
+    pub async fn call_qemu<A: Serialize, R: DeserializeOwned>(
+        &self,
+        procedure: i32,
+        args: &A,
+    ) -> Result<R> {
+        let body = xdr::to_bytes(args).map_err(|e| ClientError::Protocol(e.0))?;
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let header = Header::call(program::QEMU, program::QEMU_VERSION, procedure, serial);
+        let reply = self.call_header(header, body, None).await?;
+        xdr::from_bytes(&reply).map_err(|e| ClientError::Protocol(e.0))
+    }
+
+    /// `virDomainOpenConsole`.
+    pub async fn open_console(
+        &self,
+        dom: &NonnullDomain,
+        dev_name: Option<&str>,
+        force: bool,
+    ) -> Result<ClientStream> {
+        let args = DomainOpenConsoleArgs {
+            dom: dom.clone(),
+            dev_name: dev_name.map(|d| XdrString(d.to_owned())),
+            flags: u32::from(force),
+        };
+        Ok(self.call_stream(DOMAIN_OPEN_CONSOLE, &args).await?.1)
+    }
+
+    /// `virDomainScreenshot`: the MIME type and the image.
+    pub async fn screenshot(&self, dom: &NonnullDomain, screen: u32) -> Result<(String, Vec<u8>)> {
+        let args = DomainScreenshotArgs {
+            dom: dom.clone(),
+            screen,
+            flags: 0,
+        };
+        let (reply, mut stream) = self.call_stream(DOMAIN_SCREENSHOT, &args).await?;
+        let ret: DomainScreenshotRet =
+            xdr::from_bytes(&reply).map_err(|e| ClientError::Protocol(e.0))?;
+        let mut image = Vec::new();
+        while let Some(chunk) = stream.recv().await? {
+            image.extend_from_slice(&chunk);
+        }
+        stream.finish().await?;
+        Ok((ret.mime.map(|m| m.0).unwrap_or_default(), image))
+    }
+
+    /// `virDomainSendKey`.
+    pub async fn send_key(
+        &self,
+        dom: &NonnullDomain,
+        codeset: u32,
+        holdtime: u32,
+        keycodes: &[u32],
+    ) -> Result<()> {
+        let args = DomainSendKeyArgs {
+            dom: dom.clone(),
+            codeset,
+            holdtime,
+            keycodes: qemud_protocol::xdr::XdrVec(keycodes.to_vec()),
+            flags: 0,
+        };
+        self.call_void(DOMAIN_SEND_KEY, &args).await
+    }
+
+    /// `virDomainQemuMonitorCommand`; `hmp` for the human monitor.
+    pub async fn monitor_command(
+        &self,
+        dom: &NonnullDomain,
+        cmd: &str,
+        hmp: bool,
+    ) -> Result<String> {
+        let args = qemud_protocol::qemu::DomainMonitorCommandArgs {
+            dom: dom.clone(),
+            cmd: XdrString(cmd.to_owned()),
+            flags: u32::from(hmp),
+        };
+        let r: qemud_protocol::qemu::DomainMonitorCommandRet = self
+            .call_qemu(qemud_protocol::qemu::procs::DOMAIN_MONITOR_COMMAND, &args)
+            .await?;
+        Ok(r.result.0)
+    }
+
+    /// `virDomainQemuAgentCommand`.
+    pub async fn agent_command(
+        &self,
+        dom: &NonnullDomain,
+        cmd: &str,
+        timeout: i32,
+    ) -> Result<String> {
+        let args = qemud_protocol::qemu::DomainAgentCommandArgs {
+            dom: dom.clone(),
+            cmd: XdrString(cmd.to_owned()),
+            timeout,
+            flags: 0,
+        };
+        let r: qemud_protocol::qemu::DomainAgentCommandRet = self
+            .call_qemu(qemud_protocol::qemu::procs::DOMAIN_AGENT_COMMAND, &args)
+            .await?;
+        Ok(r.result.map(|s| s.0).unwrap_or_default())
     }
 }

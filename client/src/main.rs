@@ -110,6 +110,50 @@ enum Cmd {
     },
     /// Measure a daemon's latency and throughput.
     Bench(BenchArgs),
+    /// Attach to a domain's serial console (Ctrl-] detaches).
+    Console {
+        domain: String,
+        /// Device alias (serial0, console0); the first by default.
+        devname: Option<String>,
+        /// Take the console over from another client.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Save a screenshot of the domain's display.
+    Screenshot {
+        domain: String,
+        /// Output file; named after the domain and the image type by default.
+        file: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        screen: u32,
+    },
+    /// Press keys in the guest (KEY_A style names or numbers).
+    SendKey {
+        domain: String,
+        /// linux, xt, atset1, xt_kbd, usb or qnum.
+        #[arg(long, default_value = "linux")]
+        codeset: String,
+        /// How long to hold the keys, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        holdtime: u32,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Run a QEMU monitor command (QMP JSON, or HMP with --hmp).
+    QemuMonitorCommand {
+        domain: String,
+        #[arg(long)]
+        hmp: bool,
+        command: String,
+    },
+    /// Run a raw guest agent command.
+    QemuAgentCommand {
+        domain: String,
+        /// Seconds to wait (-2 default, -1 forever, 0 none).
+        #[arg(long, default_value_t = -2, allow_hyphen_values = true)]
+        timeout: i32,
+        command: String,
+    },
     /// Define a virtual network from an XML file.
     NetDefine { file: String },
     /// Start a defined network.
@@ -580,6 +624,78 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 c.destroy(&d).await
             })
             .await?
+        }
+        Cmd::Console {
+            domain,
+            devname,
+            force,
+        } => {
+            let d = c.lookup(&domain).await?;
+            let stream = c.open_console(&d, devname.as_deref(), force).await?;
+            console(stream, &d.name.0).await?
+        }
+        Cmd::Screenshot {
+            domain,
+            file,
+            screen,
+        } => {
+            let d = c.lookup(&domain).await?;
+            let (mime, image) = c.screenshot(&d, screen).await?;
+            let ext = if mime == "image/png" { "png" } else { "ppm" };
+            let file = file.unwrap_or_else(|| format!("{}.{ext}", d.name.0));
+            std::fs::write(&file, &image)
+                .map_err(|e| ClientError::Connect(format!("cannot write {file}: {e}")))?;
+            if json {
+                print_json(
+                    json!({"name": d.name.0, "file": file, "mime": mime, "bytes": image.len()}),
+                );
+            } else {
+                println!("Screenshot saved to {file}, with type of {mime}");
+            }
+        }
+        Cmd::SendKey {
+            domain,
+            codeset,
+            holdtime,
+            keys,
+        } => {
+            let set = keycode_set(&codeset)?;
+            let codes = keys
+                .iter()
+                .map(|k| keycode(k, set))
+                .collect::<Result<Vec<_>, _>>()?;
+            simple(c, &domain, json, "keys sent", |d| async move {
+                c.send_key(&d, set, holdtime, &codes).await
+            })
+            .await?
+        }
+        Cmd::QemuMonitorCommand {
+            domain,
+            hmp,
+            command,
+        } => {
+            let d = c.lookup(&domain).await?;
+            let out = c.monitor_command(&d, &command, hmp).await?;
+            if json {
+                let parsed = serde_json::from_str(&out).unwrap_or(json!(out));
+                print_json(json!({"name": d.name.0, "result": parsed}));
+            } else {
+                println!("{}", out.trim_end());
+            }
+        }
+        Cmd::QemuAgentCommand {
+            domain,
+            timeout,
+            command,
+        } => {
+            let d = c.lookup(&domain).await?;
+            let out = c.agent_command(&d, &command, timeout).await?;
+            if json {
+                let parsed = serde_json::from_str(&out).unwrap_or(json!(out));
+                print_json(json!({"name": d.name.0, "result": parsed}));
+            } else {
+                println!("{out}");
+            }
         }
         Cmd::Suspend { domain } => {
             simple(c, &domain, json, "suspended", |d| async move {
@@ -1574,6 +1690,152 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// libvirt's keycode set numbers.
+fn keycode_set(name: &str) -> Result<u32, ClientError> {
+    const SETS: [&str; 10] = [
+        "linux", "xt", "atset1", "atset2", "atset3", "os_x", "xt_kbd", "usb", "win32", "qnum",
+    ];
+    let name = if name == "rfb" { "qnum" } else { name };
+    SETS.iter()
+        .position(|s| *s == name)
+        .map(|i| i as u32)
+        .ok_or_else(|| ClientError::Connect(format!("unknown codeset: '{name}'")))
+}
+
+/// A key as a number, or (Linux codeset) a KEY_* name.
+fn keycode(key: &str, set: u32) -> Result<u32, ClientError> {
+    let number = if let Some(hex) = key.strip_prefix("0x") {
+        u32::from_str_radix(hex, 16).ok()
+    } else {
+        key.parse().ok()
+    };
+    if let Some(n) = number {
+        return Ok(n);
+    }
+    const ROWS: [(&str, u32); 4] = [
+        ("1234567890", 2),
+        ("QWERTYUIOP", 16),
+        ("ASDFGHJKL", 30),
+        ("ZXCVBNM", 44),
+    ];
+    const NAMED: &[(&str, u32)] = &[
+        ("ESC", 1),
+        ("MINUS", 12),
+        ("EQUAL", 13),
+        ("BACKSPACE", 14),
+        ("TAB", 15),
+        ("ENTER", 28),
+        ("LEFTCTRL", 29),
+        ("LEFTSHIFT", 42),
+        ("RIGHTSHIFT", 54),
+        ("LEFTALT", 56),
+        ("SPACE", 57),
+        ("CAPSLOCK", 58),
+        ("F1", 59),
+        ("F2", 60),
+        ("F3", 61),
+        ("F4", 62),
+        ("F5", 63),
+        ("F6", 64),
+        ("F7", 65),
+        ("F8", 66),
+        ("F9", 67),
+        ("F10", 68),
+        ("F11", 87),
+        ("F12", 88),
+        ("RIGHTCTRL", 97),
+        ("RIGHTALT", 100),
+        ("HOME", 102),
+        ("UP", 103),
+        ("PAGEUP", 104),
+        ("LEFT", 105),
+        ("RIGHT", 106),
+        ("END", 107),
+        ("DOWN", 108),
+        ("PAGEDOWN", 109),
+        ("INSERT", 110),
+        ("DELETE", 111),
+        ("LEFTMETA", 125),
+    ];
+    let name = key.strip_prefix("KEY_").filter(|_| set == 0);
+    let found = name.and_then(|n| {
+        NAMED
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| *v)
+            .or_else(|| {
+                let mut ch = n.chars();
+                let c = ch.next().filter(|_| ch.next().is_none())?;
+                ROWS.iter()
+                    .find_map(|(row, base)| row.find(c).map(|i| base + i as u32))
+            })
+    });
+    found.ok_or_else(|| ClientError::Connect(format!("invalid keycode: '{key}'")))
+}
+
+/// Runs an interactive console: stdin to the guest, the guest to stdout,
+/// Ctrl-] to leave. The terminal is put in raw mode meanwhile.
+async fn console(
+    mut stream: qemud_client::client::ClientStream,
+    name: &str,
+) -> Result<(), ClientError> {
+    use std::io::IsTerminal;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tty = std::io::stdin().is_terminal();
+    let saved = if tty {
+        let saved = std::process::Command::new("stty")
+            .arg("-g")
+            .stdin(std::process::Stdio::inherit())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        let _ = std::process::Command::new("stty")
+            .args(["raw", "-echo"])
+            .stdin(std::process::Stdio::inherit())
+            .status();
+        saved
+    } else {
+        None
+    };
+    eprint!("Connected to domain '{name}'\r\nEscape character is ^]\r\n");
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut buf = [0u8; 4096];
+    let mut stdin_open = true;
+    let result = loop {
+        tokio::select! {
+            n = stdin.read(&mut buf), if stdin_open => match n {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    if let Some(i) = buf[..n].iter().position(|b| *b == 0x1d) {
+                        if i > 0 {
+                            stream.send(&buf[..i]).await?;
+                        }
+                        break stream.finish().await;
+                    }
+                    stream.send(&buf[..n]).await?;
+                }
+            },
+            data = stream.recv() => match data {
+                Ok(Some(d)) => {
+                    let _ = stdout.write_all(&d).await;
+                    let _ = stdout.flush().await;
+                }
+                Ok(None) => break stream.finish().await,
+                Err(e) => break Err(e),
+            },
+        }
+    };
+    if let Some(saved) = saved {
+        let _ = std::process::Command::new("stty")
+            .arg(saved)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    }
+    eprintln!();
+    result
 }
 
 fn main() -> ExitCode {

@@ -214,7 +214,13 @@ pub struct Devices {
     pub memballoon: String,
     /// virtio entropy devices.
     pub rngs: Vec<RngDef>,
+    /// A QEMU guest agent channel (virtio-serial port
+    /// `org.qemu.guest_agent.0` on a UNIX socket the daemon owns).
+    pub guest_agent: bool,
 }
+
+/// The name of the guest agent's virtio-serial port.
+pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainDef {
@@ -358,7 +364,6 @@ const UNSUPPORTED_DEVICES: &[&str] = &[
     "lease",
     "nvram",
     "parallel",
-    "channel",
     "crypto",
     "audio",
     "memory",
@@ -804,6 +809,12 @@ impl DomainDef {
             }
             x.push_str("      <target type='serial' port='0'/>\n    </console>\n");
         }
+        if d.guest_agent {
+            let _ = writeln!(
+                x,
+                "    <channel type='unix'>\n      <target type='virtio' name='{GUEST_AGENT_PORT}'/>\n      <address type='virtio-serial' controller='0' bus='0' port='1'/>\n    </channel>"
+            );
+        }
         for input in &d.inputs {
             let _ = writeln!(
                 x,
@@ -1148,6 +1159,21 @@ fn parse_devices(devs: Node) -> Result<Devices> {
                 d.memballoon = model.to_owned();
             }
             "rng" => d.rngs.push(parse_rng(el)?),
+            "channel" => {
+                let ty = el.attribute("type").unwrap_or("");
+                let target = child(el, "target");
+                let kind = target.and_then(|t| t.attribute("type"));
+                let name = target.and_then(|t| t.attribute("name"));
+                if ty != "unix" || kind != Some("virtio") || name != Some(GUEST_AGENT_PORT) {
+                    return Err(unsupported(format!(
+                        "only the unix guest agent channel ({GUEST_AGENT_PORT}) is supported"
+                    )));
+                }
+                if d.guest_agent {
+                    return Err(unsupported("only one guest agent channel is supported"));
+                }
+                d.guest_agent = true;
+            }
             // Controllers are created as the disks and inputs need them.
             "controller" => {}
             other => return Err(unsupported(format!("{other} devices are not supported"))),

@@ -39,12 +39,21 @@ pub enum CodecError {
 pub struct RpcCodec {
     /// Largest accepted message excluding the length word.
     max_message: usize,
+    /// Bytes still to drop: each descriptor of a *_WITH_FDS message
+    /// travels on one byte of its own after the message. A reader that
+    /// does not take descriptors (plain reads close them) still has to
+    /// skip those bytes to find the next frame.
+    fd_bytes: usize,
 }
+
+/// `VIR_NET_MESSAGE_NUM_FDS_MAX`.
+pub const NUM_FDS_MAX: u32 = 32;
 
 impl Default for RpcCodec {
     fn default() -> Self {
         RpcCodec {
             max_message: MESSAGE_MAX,
+            fd_bytes: 0,
         }
     }
 }
@@ -54,6 +63,7 @@ impl RpcCodec {
     pub fn with_max_message(max_message: usize) -> Self {
         RpcCodec {
             max_message: max_message.min(MESSAGE_MAX),
+            fd_bytes: 0,
         }
     }
 
@@ -77,6 +87,14 @@ impl Decoder for RpcCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        if self.fd_bytes > 0 {
+            let n = self.fd_bytes.min(src.len());
+            src.advance(n);
+            self.fd_bytes -= n;
+            if self.fd_bytes > 0 {
+                return Ok(None);
+            }
+        }
         if src.len() < 4 {
             return Ok(None);
         }
@@ -90,6 +108,14 @@ impl Decoder for RpcCodec {
         let mut frame = src.split_to(total);
         frame.advance(4);
         let header = Header::decode(&mut frame);
+        if matches!(
+            header.kind,
+            crate::header::MessageType::CallWithFds | crate::header::MessageType::ReplyWithFds
+        ) && frame.len() >= 4
+        {
+            let nfds = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            self.fd_bytes = nfds.min(NUM_FDS_MAX) as usize;
+        }
         Ok(Some(Packet {
             header,
             body: frame.freeze(),
@@ -124,6 +150,23 @@ mod tests {
 
     fn sample() -> Packet {
         Packet::new(Header::call(0x2000_8086, 1, 66, 1), vec![0u8, 0, 0, 5])
+    }
+
+    #[test]
+    fn skips_the_byte_of_each_passed_descriptor() {
+        let mut c = RpcCodec::default();
+        let mut h = Header::call(0x2000_8086, 1, 66, 1);
+        h.kind = MessageType::CallWithFds;
+        let mut buf = BytesMut::new();
+        c.encode(Packet::new(h, vec![0u8, 0, 0, 2]), &mut buf)
+            .unwrap();
+        buf.extend_from_slice(&[0, 0]);
+        c.encode(sample(), &mut buf).unwrap();
+        let first = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(first.header.kind, MessageType::CallWithFds);
+        let second = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(second.header.kind, MessageType::Call);
+        assert!(buf.is_empty());
     }
 
     #[test]

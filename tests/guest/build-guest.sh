@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tiny guest the end-to-end tests boot: a Debian kernel and a
-# busybox initramfs whose init prints a ready marker on the serial console
-# and powers off (like a real OS would) when the ACPI power button is
+# busybox initramfs whose init prints a ready marker on the serial console,
+# runs a shell there, and powers off (like a real OS would) when the ACPI power button is
 # pressed, i.e. on `virsh shutdown`. Nothing is downloaded here: the kernel
 # comes from /boot or from the package scripts/install-deps.sh unpacked.
 #
@@ -47,16 +47,22 @@ root="$work/root"
 mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
 cp "$busybox" "$root/bin/busybox"
 
-# The power button driver and the event interface it reports through are
+# The power button driver and the event interface it reports through, the
+# virtio-serial stack the guest agent port needs, and e1000 for guests with
+# an <interface> (virtio-net would need more of the virtio PCI transport) are
 # modules in Debian's kernel. Copy them, decompressing if needed.
-# e1000 gives guests with an <interface> a NIC (virtio-net would need the
-# virtio PCI transport modules as well).
-for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko kernel/drivers/net/ethernet/intel/e1000/e1000.ko; do
+n=10
+for m in kernel/drivers/acpi/button.ko kernel/drivers/input/evdev.ko \
+    kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko \
+    kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko \
+    kernel/drivers/virtio/virtio_pci.ko kernel/drivers/char/virtio_console.ko \
+    kernel/drivers/net/ethernet/intel/e1000/e1000.ko; do
+    n=$((n + 1))
     src=$(ls "$modules/$m"* 2>/dev/null | head -n1)
     if [ -z "$src" ]; then
         continue # built into this kernel
     fi
-    name=$(basename "$m")
+    name="$n-$(basename "$m")"
     case "$src" in
         *.xz) xz -dc "$src" > "$root/lib/modules/$name" ;;
         *.zst) zstd -qdc "$src" > "$root/lib/modules/$name" ;;
@@ -72,8 +78,12 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /lib/modules/*.ko; do
-    insmod "$m" 2>/dev/null
+# Three passes: a module whose dependency loads later in a pass loads in
+# the next one.
+for pass in 1 2 3; do
+    for m in /lib/modules/*.ko; do
+        insmod "$m" 2>/dev/null
+    done
 done
 # Find the event device of the ACPI power button.
 button=""
@@ -131,6 +141,41 @@ if [ -e /sys/class/net/eth0 ]; then
     ) &
 fi
 echo "QEMUD-GUEST-READY button=$button"
+# A shell on the serial console, for console tests; a new one when it exits.
+(while true; do setsid cttyhack sh -i; sleep 1; done) </dev/ttyS0 >/dev/ttyS0 2>&1 &
+# A tiny guest agent on the agent's virtio-serial port, for agent tests.
+agent_port=""
+for p in /sys/class/virtio-ports/*; do
+    if [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+        agent_port=/dev/${p##*/}
+    fi
+done
+if [ -n "$agent_port" ]; then
+    (
+        # Kept open for good: the host sees the agent as connected.
+        exec 3<>"$agent_port"
+        while true; do
+            # EOF while the host side is not connected: wait and retry.
+            if ! IFS= read -r line <&3; then
+                sleep 0.1
+                continue
+            fi
+            case "$line" in
+            *guest-sync*)
+                id=$(echo "$line" | sed -n 's/.*"id" *: *\([0-9]*\).*/\1/p')
+                printf '\377{"return": %s}\n' "$id" >&3 ;;
+            *guest-ping*) echo '{"return": {}}' >&3 ;;
+            *guest-get-time*) echo "{\"return\": $(date +%s)000000000}" >&3 ;;
+            *guest-get-host-name*) echo '{"return": {"host-name": "qemud-guest"}}' >&3 ;;
+            *guest-fsfreeze*) echo '{"return": 0}' >&3 ;;
+            *guest-network-get-interfaces*)
+                echo '{"return": [{"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}]}]}' >&3 ;;
+            *guest-info*) echo '{"return": {"version": "qemud-test-agent", "supported_commands": []}}' >&3 ;;
+            *) echo '{"error": {"class": "CommandNotFound", "desc": "The command is not supported"}}' >&3 ;;
+            esac
+        done
+    ) &
+fi
 if [ -n "$button" ]; then
     # Block until the button sends its first input event, then power off
     # the way an OS does after an ACPI power-button press.

@@ -112,6 +112,28 @@ pub fn build_command_line(
             format!("isa-serial,chardev=charserial{i},id=serial{i}"),
         );
     }
+    if def.devices.guest_agent {
+        // The agent's port on a socket the daemon connects to for each
+        // request; QEMU serves it.
+        let socket = crate::domain::agent::socket_for(&paths.qmp_socket);
+        push(&mut a, "-device", "virtio-serial-pci,id=virtio-serial0");
+        push(
+            &mut a,
+            "-chardev",
+            format!(
+                "socket,id=charchannel0,path={},server=on,wait=off",
+                esc(&socket.to_string_lossy())
+            ),
+        );
+        push(
+            &mut a,
+            "-device",
+            format!(
+                "virtserialport,bus=virtio-serial0.0,nr=1,chardev=charchannel0,id=channel0,name={}",
+                qemud_config::domain::GUEST_AGENT_PORT
+            ),
+        );
+    }
     inputs(def, &mut a)?;
     video(def, &mut a)?;
     if def.devices.memballoon == "virtio" {

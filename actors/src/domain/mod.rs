@@ -4,8 +4,11 @@
 //! definition into QEMU's arguments; [`store`] persists definitions and
 //! live records. [`procedures`] holds the table rows.
 
+pub mod agent;
 pub mod cgroup;
 pub mod cmdline;
+pub mod console;
+pub mod display;
 pub mod index;
 pub mod procedures;
 pub mod qemu;

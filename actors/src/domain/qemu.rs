@@ -508,6 +508,21 @@ impl Handler<QmpCommand> for QemuVm {
     }
 }
 
+/// The monitor client itself, for drivers that talk to QEMU directly
+/// (passthrough, consoles, screenshots); every command it runs still has
+/// its deadline.
+#[derive(Message)]
+#[rtype(result = "QmpClient")]
+pub struct GetQmp;
+
+impl Handler<GetQmp> for QemuVm {
+    type Result = MessageResult<GetQmp>;
+
+    fn handle(&mut self, _: GetQmp, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.qmp.clone())
+    }
+}
+
 /// Terminates the process and resolves once it is gone. Graceful: SIGTERM
 /// only, failing after `TERM_GRACE` (VIR_DOMAIN_DESTROY_GRACEFUL). Forced:
 /// SIGKILL at once for a QEMU that cannot act on SIGTERM (stopped, traced,

@@ -69,6 +69,9 @@ struct Request {
     command: String,
     arguments: Option<Value>,
     reply: Reply,
+    /// A file descriptor sent along with the command (SCM_RIGHTS), as
+    /// `getfd` expects.
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// A handle for issuing QMP commands; cheap to clone.
@@ -156,11 +159,33 @@ impl QmpClient {
         arguments: Option<Value>,
         deadline: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_full(command, arguments, None, deadline).await
+    }
+
+    /// Runs a command with a file descriptor attached (QMP `getfd`).
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<Value, QmpError> {
+        self.execute_full(command, arguments, Some(fd), self.deadline)
+            .await
+    }
+
+    async fn execute_full(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<std::os::fd::OwnedFd>,
+        deadline: Duration,
+    ) -> Result<Value, QmpError> {
         let (tx, rx) = oneshot::channel();
         let req = Request {
             command: command.to_owned(),
             arguments,
             reply: tx,
+            fd,
         };
         let fut = async {
             self.requests
@@ -309,6 +334,30 @@ async fn forward_event(msg: &Value, events: &mpsc::Sender<QmpEvent>, dropped: &m
     }
 }
 
+/// Writes `data` with `fd` attached to its first byte (SCM_RIGHTS).
+async fn send_with_fd(
+    write: &tokio::net::unix::OwnedWriteHalf,
+    data: &[u8],
+    fd: &std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let stream: &UnixStream = write.as_ref();
+    let mut sent = 0;
+    while sent < data.len() {
+        stream.writable().await?;
+        let attach = (sent == 0).then(|| fd.as_raw_fd());
+        match stream.try_io(Interest::WRITABLE, || {
+            crate::rpc::fdpass::send_with_fds(stream.as_raw_fd(), &data[sent..], attach)
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The task that owns the socket.
 async fn run(
     mut lines: MonitorReader,
@@ -331,7 +380,11 @@ async fn run(
                 }
                 let mut line = msg.to_string();
                 line.push('\n');
-                if write.write_all(line.as_bytes()).await.is_err() {
+                let written = match &req.fd {
+                    Some(fd) => send_with_fd(&write, line.as_bytes(), fd).await,
+                    None => write.write_all(line.as_bytes()).await,
+                };
+                if written.is_err() {
                     let _ = req.reply.send(Err(QmpError::Closed));
                     break;
                 }

@@ -614,7 +614,12 @@ impl Registry {
         let Some(e) = self.domains.get_mut(&uuid) else {
             return;
         };
-        let Some(live) = e.live.as_mut().filter(|l| l.run == run) else {
+        if e.live.as_ref().is_none_or(|l| l.run != run) {
+            return;
+        }
+        // Every event also goes, raw, to QEMU monitor event subscribers.
+        self.emit(&uuid, |d| crate::qemu_program::monitor_event(d, name, data));
+        let Some(live) = self.domains.get_mut(&uuid).and_then(|e| e.live.as_mut()) else {
             return;
         };
         match name {
@@ -690,6 +695,10 @@ impl Registry {
                     self.save_live(&uuid);
                 }
                 self.emit(&uuid, Event::reboot)
+            }
+            "VSERPORT_CHANGE" if data.get("id").and_then(|i| i.as_str()) == Some("channel0") => {
+                let open = data.get("open").and_then(|o| o.as_bool()).unwrap_or(false);
+                self.emit(&uuid, |d| crate::domain::agent::lifecycle_event(d, open));
             }
             "RTC_CHANGE" => {
                 let offset = data.get("offset").and_then(|o| o.as_i64()).unwrap_or(0);
@@ -1427,6 +1436,44 @@ impl Registry {
                     .then(move |_, act, ctx| act.queue_op(op, since, ctx)),
             ),
         }
+    }
+}
+
+/// What drivers that talk to a running QEMU directly need of it.
+#[derive(Message)]
+#[rtype(result = "Result<RunningVm>")]
+pub struct GetRunning {
+    pub uuid: Uuid,
+}
+
+pub struct RunningVm {
+    pub vm: Addr<QemuVm>,
+    /// Which run of the domain this is.
+    pub run: u64,
+    pub def: DomainDef,
+    /// The domain's log file (QEMU's output, taint notes).
+    pub log_file: std::path::PathBuf,
+    pub qmp_socket: std::path::PathBuf,
+}
+
+impl Handler<GetRunning> for Registry {
+    type Result = Result<RunningVm>;
+
+    fn handle(&mut self, msg: GetRunning, _: &mut Self::Context) -> Self::Result {
+        let e = self.running(&msg.uuid)?;
+        let Some(live) = &e.live else {
+            return Err(Error::OperationInvalid("domain is not running".into()));
+        };
+        let (vm, run, def) = (live.vm.clone(), live.run, live.def.clone());
+        let qmp_socket = live.qmp_socket.clone();
+        let log_file = self.store.log_file(&def.name);
+        Ok(RunningVm {
+            vm,
+            run,
+            def,
+            log_file,
+            qmp_socket,
+        })
     }
 }
 

@@ -380,6 +380,9 @@ async fn domain_interface_addresses(
     call: &Call,
     a: DomainInterfaceAddressesArgs,
 ) -> Result<DomainInterfaceAddressesRet> {
+    if a.source == crate::domain::agent::ADDRESSES_SRC_AGENT {
+        return crate::domain::agent::interface_addresses(call, a).await;
+    }
     crate::rpc::wire::check_flags(a.flags, 0, "virDomainInterfaceAddresses")?;
     let dom = call.svc.index.resolve(&a.dom)?;
     if !dom.is_active() {

@@ -152,10 +152,12 @@ fn supports_feature(
     if !conn.opened {
         return Err(Error::NotOpen);
     }
-    let supported = matches!(
-        a.feature,
-        feature::REMOTE_EVENT_CALLBACK | feature::REMOTE_CLOSE_CALLBACK
-    );
+    let supported = match a.feature {
+        feature::REMOTE_EVENT_CALLBACK | feature::REMOTE_CLOSE_CALLBACK => true,
+        // Descriptors travel only over UNIX sockets.
+        feature::FD_PASSING => conn.fd_passing(),
+        _ => false,
+    };
     Ok(ConnectSupportsFeatureRet {
         supported: supported as i32,
     })

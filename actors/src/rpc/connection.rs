@@ -252,6 +252,8 @@ pub struct Callback {
     pub object: Option<ObjectKey>,
     /// Registered through the legacy domain procedures (no callback ID).
     pub legacy: bool,
+    /// QEMU monitor events: only those of this name.
+    pub qemu_event: Option<crate::qemu_program::EventFilter>,
 }
 
 impl Callback {
@@ -261,6 +263,7 @@ impl Callback {
             event_id,
             object,
             legacy: false,
+            qemu_event: None,
         }
     }
 
@@ -271,6 +274,7 @@ impl Callback {
             event_id,
             object: None,
             legacy: true,
+            qemu_event: None,
         }
     }
 
@@ -278,6 +282,10 @@ impl Callback {
         self.family == event.family
             && self.event_id == event.event_id
             && self.object.as_ref().is_none_or(|o| *o == event.object)
+            && self
+                .qemu_event
+                .as_ref()
+                .is_none_or(|f| f.matches(event.name.as_deref()))
     }
 }
 
@@ -308,6 +316,13 @@ pub struct Connection {
     keepalive: bool,
     last_heard: Instant,
     pings_unanswered: u32,
+    /// Open data streams, by the serial of the call that opened them.
+    pub(crate) streams: super::stream::Streams,
+    /// The socket, when it is a UNIX one and so can pass descriptors.
+    unix_fd: Option<std::os::fd::RawFd>,
+    /// Descriptors to send with the reply to a call, by serial.
+    pub(crate) reply_fds: HashMap<u32, Vec<std::os::fd::OwnedFd>>,
+    fd_queue: super::fdpass::FdQueue,
 }
 
 impl Connection {
@@ -317,6 +332,11 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let codec = RpcCodec::with_max_message(svc.settings.max_message_bytes);
+        let unix_fd = (&stream as &dyn std::any::Any)
+            .downcast_ref::<tokio::net::UnixStream>()
+            .map(std::os::fd::AsRawFd::as_raw_fd);
+        let fd_queue = super::fdpass::FdQueue::default();
+        let writer_fds = fd_queue.clone();
         let (reader, writer) = tokio::io::split(stream);
         // Counted in bytes by `Budget`, so the channel itself is unbounded.
         let (out, mut rx) = mpsc::unbounded_channel::<Packet>();
@@ -342,12 +362,24 @@ impl Connection {
             };
             while let Some(packet) = rx.recv().await {
                 let bytes = packet_bytes(&packet);
+                let with_fds = packet.header.kind == MessageType::ReplyWithFds;
                 if let Err(e) = sink.feed(packet).await {
                     debug!("client write failed: {e}");
                     break;
                 }
                 release(&mut held);
                 held = (bytes, 1);
+                // The descriptors follow their message on the socket.
+                if let (true, Some(sock)) = (with_fds, unix_fd) {
+                    let sent = match sink.flush().await {
+                        Ok(()) => super::fdpass::send_fds(sock, writer_fds.pop()).await,
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
+                    if let Err(e) = sent {
+                        debug!("sending descriptors failed: {e}");
+                        break;
+                    }
+                }
                 // Batch what is already queued into one flush.
                 if rx.is_empty() {
                     if let Err(e) = sink.flush().await {
@@ -393,13 +425,17 @@ impl Connection {
                 keepalive: false,
                 last_heard: Instant::now(),
                 pings_unanswered: 0,
+                streams: Default::default(),
+                unix_fd,
+                reply_fds: HashMap::new(),
+                fd_queue,
             }
         })
     }
 
     /// Queues a reply (or a keepalive answer): always accepted, since the
     /// gate bounds how many the client can have coming.
-    fn send(&mut self, packet: Packet, ctx: &mut Context<Self>) {
+    pub(crate) fn send(&mut self, packet: Packet, ctx: &mut Context<Self>) {
         let bytes = packet_bytes(&packet);
         self.budget.add(bytes);
         self.budget.packets.fetch_add(1, Ordering::AcqRel);
@@ -451,7 +487,19 @@ impl Connection {
     }
 
     fn reply(&mut self, call: Header, result: Result<Vec<u8>>, ctx: &mut Context<Self>) {
+        let ok = result.is_ok();
+        let fds = self.reply_fds.remove(&call.serial).filter(|_| ok);
         let packet = match result {
+            Ok(body) if fds.is_some() => {
+                // REPLY_WITH_FDS: the number of descriptors, then the body.
+                let fds = fds.unwrap_or_default();
+                let mut with_count = (fds.len() as u32).to_be_bytes().to_vec();
+                with_count.extend_from_slice(&body);
+                self.fd_queue.push(fds);
+                let mut header = call.reply_to(MessageStatus::Ok);
+                header.kind = MessageType::ReplyWithFds;
+                Packet::new(header, with_count)
+            }
             Ok(mut body) => {
                 // The encoder grows its buffer by doubling; queued, the
                 // slack would count for nothing yet hold up to as much
@@ -470,6 +518,10 @@ impl Connection {
             }
         };
         self.send(packet, ctx);
+        // A stream's data may only follow its call's reply.
+        for p in self.streams.replied(call.serial, ok) {
+            self.send(p, ctx);
+        }
     }
 
     fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
@@ -495,7 +547,17 @@ impl Connection {
                     ));
                     return self.reply(h, Err(e), ctx);
                 }
-                self.on_call(h, packet.body, ctx);
+                let mut body = packet.body;
+                if h.kind == MessageType::CallWithFds {
+                    // Drop the descriptor count. The descriptors rode on
+                    // bytes the codec skips, and plain reads discard them:
+                    // no procedure qemud serves takes any.
+                    body = body.slice(body.len().min(4)..);
+                }
+                self.on_call(h, body, ctx);
+            }
+            (program::REMOTE | program::QEMU, MessageType::Stream) => {
+                self.on_stream_packet(packet, ctx);
             }
             (program, kind) => {
                 debug!(
@@ -592,6 +654,11 @@ impl Connection {
                 act.run_call(next, body, ctx);
             }
         }));
+    }
+
+    /// Whether this connection can carry file descriptors (UNIX sockets).
+    pub(crate) fn fd_passing(&self) -> bool {
+        self.unix_fd.is_some()
     }
 
     /// Registers an event callback and returns its ID; refused past
@@ -710,6 +777,7 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.streams.close_all();
         // The last replies get a moment to leave; a client that does not
         // read them then loses them along with its socket.
         if let Some(mut writer) = self.writer_task.take() {

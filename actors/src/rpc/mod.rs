@@ -4,6 +4,8 @@
 
 pub mod connect;
 pub mod connection;
+pub mod fdpass;
+pub mod stream;
 pub mod table;
 pub mod wire;
 

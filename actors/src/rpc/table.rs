@@ -149,6 +149,9 @@ fn all_rows() -> Vec<Procedure> {
     rows.extend(crate::interface::procedures());
     rows.extend(crate::nwfilter::procedures());
     rows.extend(crate::qemu_program::procedures());
+    rows.extend(crate::domain::console::procedures());
+    rows.extend(crate::domain::display::procedures());
+    rows.extend(crate::domain::agent::procedures());
     rows
 }
 
