@@ -406,6 +406,44 @@ pub async fn measure(uri: &str, a: &BenchArgs) -> Result<Vec<Row>, ClientError> 
             }
             rows.push(row("vol-create qcow2 1G", create, None));
             rows.push(row("vol-delete", delete, None));
+
+            // Stream throughput: count is MiB, ops/s is MiB/s.
+            let mib = 64usize;
+            let xml = format!(
+                "<volume><name>{prefix}xfer.img</name><capacity unit='M'>{mib}</capacity></volume>"
+            );
+            let v = c.vol_create_xml(&pool, &xml, 0).await?;
+            let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();
+            let t = Instant::now();
+            let up = c.vol_upload(&v, 0, 0).await?;
+            up.send(&data).await?;
+            up.finish().await?;
+            let up_time = t.elapsed();
+            let t = Instant::now();
+            let mut down = c.vol_download(&v, 0, 0).await?;
+            let mut got = 0usize;
+            while let Some(d) = down.recv().await? {
+                got += d.len();
+            }
+            down.finish().await?;
+            let down_time = t.elapsed();
+            c.vol_delete(&v).await?;
+            if got != data.len() {
+                return Err(ClientError::Protocol(format!(
+                    "downloaded {got} bytes of {}",
+                    data.len()
+                )));
+            }
+            rows.push(row(
+                "vol-upload (count MiB, MiB/s)",
+                vec![up_time; mib],
+                Some(up_time),
+            ));
+            rows.push(row(
+                "vol-download (count MiB, MiB/s)",
+                vec![down_time; mib],
+                Some(down_time),
+            ));
         }
     }
     Ok(rows)

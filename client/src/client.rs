@@ -679,6 +679,39 @@ impl Client {
         self.call_void(STORAGE_VOL_DELETE, &a).await
     }
 
+    /// Opens an upload into `vol` from `offset` (`length` 0: to the end of
+    /// what is sent); send the data, then finish the stream.
+    pub async fn vol_upload(
+        &self,
+        vol: &NonnullStorageVol,
+        offset: u64,
+        length: u64,
+    ) -> Result<ClientStream> {
+        let a = StorageVolUploadArgs {
+            vol: vol.clone(),
+            offset,
+            length,
+            flags: 0,
+        };
+        Ok(self.call_stream(STORAGE_VOL_UPLOAD, &a).await?.1)
+    }
+
+    /// Opens a download of `vol` from `offset` (`length` 0: to its end).
+    pub async fn vol_download(
+        &self,
+        vol: &NonnullStorageVol,
+        offset: u64,
+        length: u64,
+    ) -> Result<ClientStream> {
+        let a = StorageVolDownloadArgs {
+            vol: vol.clone(),
+            offset,
+            length,
+            flags: 0,
+        };
+        Ok(self.call_stream(STORAGE_VOL_DOWNLOAD, &a).await?.1)
+    }
+
     pub async fn vol_resize(
         &self,
         vol: &NonnullStorageVol,

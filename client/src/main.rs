@@ -1365,6 +1365,22 @@ enum StorageCmd {
         #[arg(long)]
         pool: String,
     },
+    /// Upload a local file into a volume.
+    #[command(name = "vol-upload")]
+    VolUpload {
+        vol: String,
+        file: String,
+        #[arg(long)]
+        pool: String,
+    },
+    /// Download a volume into a local file.
+    #[command(name = "vol-download")]
+    VolDownload {
+        vol: String,
+        file: String,
+        #[arg(long)]
+        pool: String,
+    },
     /// Change a volume's capacity.
     #[command(name = "vol-resize")]
     VolResize {
@@ -1668,6 +1684,59 @@ async fn storage_command(c: &Client, cmd: StorageCmd, json: bool) -> Result<(), 
                 json,
                 json!({"name": vol, "result": "deleted"}),
                 format!("Vol {vol} deleted"),
+            );
+        }
+        StorageCmd::VolUpload { vol, file, pool } => {
+            use tokio::io::AsyncReadExt;
+            let p = c.pool_lookup(&pool).await?;
+            let v = c.vol_lookup(&p, &vol).await?;
+            let mut f = tokio::fs::File::open(&file)
+                .await
+                .map_err(|e| ClientError::Connect(format!("cannot open {file}: {e}")))?;
+            let stream = c.vol_upload(&v, 0, 0).await?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| ClientError::Connect(format!("cannot read {file}: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                stream.send(&buf[..n]).await?;
+                total += n as u64;
+            }
+            stream.finish().await?;
+            report(
+                json,
+                json!({"name": vol, "bytes": total}),
+                format!("Vol {vol} uploaded from {file} ({total} bytes)"),
+            );
+        }
+        StorageCmd::VolDownload { vol, file, pool } => {
+            use tokio::io::AsyncWriteExt;
+            let p = c.pool_lookup(&pool).await?;
+            let v = c.vol_lookup(&p, &vol).await?;
+            let mut f = tokio::fs::File::create(&file)
+                .await
+                .map_err(|e| ClientError::Connect(format!("cannot create {file}: {e}")))?;
+            let mut stream = c.vol_download(&v, 0, 0).await?;
+            let mut total = 0u64;
+            while let Some(data) = stream.recv().await? {
+                f.write_all(&data)
+                    .await
+                    .map_err(|e| ClientError::Connect(format!("cannot write {file}: {e}")))?;
+                total += data.len() as u64;
+            }
+            f.flush()
+                .await
+                .map_err(|e| ClientError::Connect(format!("cannot write {file}: {e}")))?;
+            stream.finish().await?;
+            report(
+                json,
+                json!({"name": vol, "bytes": total}),
+                format!("Vol {vol} downloaded to {file} ({total} bytes)"),
             );
         }
         StorageCmd::VolResize {

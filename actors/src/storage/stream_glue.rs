@@ -1,35 +1,35 @@
-//! The bridge between the connection's stream engine and volume transfers
-//! ([`super::transfer::VolStream`]). The stream engine is not part of this
-//! tree yet, so a transfer is answered as libvirt answers a driver without
-//! it; merging the stream engine replaces this file with the adapter over
-//! `crate::rpc::stream::StreamIo`.
+//! The bridge between the connection's stream engine
+//! ([`crate::rpc::stream`]) and volume transfers
+//! ([`super::transfer::VolStream`]).
 
 use super::transfer::{Incoming, VolStream};
 use crate::error::{Error, Result};
+use crate::rpc::stream::{self, Inbound, StreamIo};
 use crate::rpc::Call;
 
-/// No stream can be opened here.
-pub enum NoStream {}
-
-impl VolStream for NoStream {
-    async fn send(&mut self, _: &[u8]) -> bool {
-        match *self {}
+impl VolStream for StreamIo {
+    async fn send(&mut self, data: &[u8]) -> bool {
+        StreamIo::send(self, data).await.is_ok()
     }
     async fn recv(&mut self) -> Option<Incoming> {
-        match *self {}
+        Some(match StreamIo::recv(self).await? {
+            Inbound::Data(d) => Incoming::Data(d),
+            Inbound::Finish => Incoming::Finish,
+            Inbound::Abort => Incoming::Abort,
+        })
     }
     fn eof(&mut self) {
-        match *self {}
+        StreamIo::eof(self)
     }
     fn finish(self) {
-        match self {}
+        StreamIo::finish(self)
     }
-    fn fail(self, _: Error) {
-        match self {}
+    fn fail(self, error: Error) {
+        StreamIo::fail(self, error)
     }
 }
 
 /// Opens the data stream of the call being answered.
-pub async fn open(_call: &Call, api: &str) -> Result<NoStream> {
-    Err(Error::NoSupport(api.to_owned()))
+pub async fn open(call: &Call, _api: &str) -> Result<StreamIo> {
+    stream::open(call).await
 }
