@@ -58,8 +58,9 @@ pub struct BenchArgs {
     /// a network namespace of its own.
     #[arg(long, default_value_t = 0)]
     pub networks: usize,
-    /// Screenshots taken of a tiny VM with VNC; 0 skips.
-    #[arg(long, default_value_t = 10)]
+    /// Screenshots taken of a tiny VM with VNC (which needs a loopback
+    /// address on the daemon's host); 0, the default, skips.
+    #[arg(long, default_value_t = 0)]
     pub screenshots: usize,
     /// Kernel of a guest with a shell on its serial console, for the
     /// console throughput phase (skipped without it).
