@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use qemud_config::wildcard_match;
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
@@ -102,34 +104,6 @@ pub fn subject_dn(der: &[u8]) -> Result<String, String> {
         }
     }
     Ok(parts.join(","))
-}
-
-/// Shell-style match with `*` and `?`, as libvirt's allow-lists use.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 /// Whether a DN passes the allow-list (an empty list allows everyone).

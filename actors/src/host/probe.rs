@@ -549,7 +549,7 @@ pub fn firmware_for(dirs: &[&Path], arch: &str, machine: &str) -> Vec<Firmware> 
                             .map(|ms| {
                                 ms.iter()
                                     .filter_map(Value::as_str)
-                                    .any(|g| glob_match(g, machine))
+                                    .any(|g| qemud_config::wildcard_match(g, machine))
                             })
                             .unwrap_or(false)
                 })
@@ -573,45 +573,17 @@ pub fn firmware_for(dirs: &[&Path], arch: &str, machine: &str) -> Vec<Firmware> 
     out
 }
 
-/// Shell-style glob with `*` and `?`, as firmware descriptors use.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn globs() {
-        assert!(glob_match("pc-q35-*", "pc-q35-7.2"));
-        assert!(glob_match("pc-i440fx-*", "pc-i440fx-7.2"));
-        assert!(!glob_match("pc-q35-*", "pc-i440fx-7.2"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("a?c", "abc"));
+        assert!(qemud_config::wildcard_match("pc-q35-*", "pc-q35-7.2"));
+        assert!(qemud_config::wildcard_match("pc-i440fx-*", "pc-i440fx-7.2"));
+        assert!(!qemud_config::wildcard_match("pc-q35-*", "pc-i440fx-7.2"));
+        assert!(qemud_config::wildcard_match("*", ""));
+        assert!(qemud_config::wildcard_match("a?c", "abc"));
     }
 
     #[test]
