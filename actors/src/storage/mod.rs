@@ -663,8 +663,11 @@ async fn vol_download(call: &Call, a: StorageVolDownloadArgs) -> Result<()> {
     };
     let driver = drv(call).clone();
     actix_rt::spawn(async move {
-        transfer::send_file(io, t.path.clone(), a.offset, a.length).await;
+        let finished = transfer::send_file(io, t.path.clone(), a.offset, a.length).await;
         transfer::finish_transfer(&driver, t).await;
+        if let Some(io) = finished {
+            io.finish();
+        }
     });
     Ok(())
 }
@@ -681,8 +684,11 @@ async fn vol_upload(call: &Call, a: StorageVolUploadArgs) -> Result<()> {
     };
     let driver = drv(call).clone();
     actix_rt::spawn(async move {
-        transfer::receive_file(io, t.path.clone(), a.offset, a.length).await;
+        let finished = transfer::receive_file(io, t.path.clone(), a.offset, a.length).await;
         transfer::finish_transfer(&driver, t).await;
+        if let Some(io) = finished {
+            io.finish();
+        }
     });
     Ok(())
 }

@@ -48,8 +48,15 @@ fn sys(e: std::io::Error, what: String) -> Error {
 }
 
 /// Sends `length` bytes (0: to the end) of `path` from `offset`, then waits
-/// for the client's finish.
-pub async fn send_file<S: VolStream>(mut io: S, path: PathBuf, offset: u64, length: u64) {
+/// for the client's finish. Returns the stream when the client finished, for
+/// the caller to confirm once the volume is released (so a client that
+/// deletes the volume right after its finish is confirmed finds it free).
+pub async fn send_file<S: VolStream>(
+    mut io: S,
+    path: PathBuf,
+    offset: u64,
+    length: u64,
+) -> Option<S> {
     let result: Result<()> = async {
         let mut f = tokio::fs::File::open(&path)
             .await
@@ -82,22 +89,27 @@ pub async fn send_file<S: VolStream>(mut io: S, path: PathBuf, offset: u64, leng
         Ok(()) => {
             io.eof();
             if let Some(Incoming::Finish) = io.recv().await {
-                io.finish();
+                return Some(io);
             }
+            None
         }
-        Err(Error::OperationAborted(_)) => {}
-        Err(e) => io.fail(e),
+        Err(Error::OperationAborted(_)) => None,
+        Err(e) => {
+            io.fail(e);
+            None
+        }
     }
 }
 
 /// Writes what the client sends into `path` from `offset`, at most
-/// `length` bytes (0: no limit), until the client finishes.
+/// `length` bytes (0: no limit), until the client finishes. Returns the
+/// stream to confirm, as [`send_file`] does, once the data is on disk.
 pub async fn receive_file<S: VolStream>(
     mut io: S,
     path: PathBuf,
     offset: u64,
     length: u64,
-) -> bool {
+) -> Option<S> {
     let opened = async {
         let mut f = tokio::fs::OpenOptions::new()
             .write(true)
@@ -114,7 +126,7 @@ pub async fn receive_file<S: VolStream>(
         Ok(f) => f,
         Err(e) => {
             io.fail(e);
-            return false;
+            return None;
         }
     };
     let mut written: u64 = 0;
@@ -125,28 +137,25 @@ pub async fn receive_file<S: VolStream>(
                     io.fail(Error::InvalidArg(format!(
                         "upload of more than the requested {length} bytes"
                     )));
-                    return false;
+                    return None;
                 }
                 if let Err(e) = f.write_all(&d).await {
                     io.fail(sys(e, format!("Unable to write {}", path.display())));
-                    return false;
+                    return None;
                 }
                 written += d.len() as u64;
             }
             Some(Incoming::Finish) => {
                 let synced = f.flush().await.and(f.sync_all().await);
                 match synced {
-                    Ok(()) => {
-                        io.finish();
-                        return true;
-                    }
+                    Ok(()) => return Some(io),
                     Err(e) => {
                         io.fail(sys(e, format!("cannot sync file '{}'", path.display())));
-                        return false;
+                        return None;
                     }
                 }
             }
-            Some(Incoming::Abort) | None => return false,
+            Some(Incoming::Abort) | None => return None,
         }
     }
 }
@@ -224,7 +233,11 @@ mod tests {
             ..Memory::default()
         };
         let (outcome, sink) = (m.outcome.clone(), m.sink.clone());
-        send_file(m, p.clone(), 100, 300_000).await;
+        // Finished: the caller confirms (after releasing the volume).
+        send_file(m, p.clone(), 100, 300_000)
+            .await
+            .unwrap()
+            .finish();
         assert_eq!(*outcome.borrow(), Some(Ok(())));
         assert_eq!(&sink.borrow()[..], &data[100..300_100]);
 
@@ -237,7 +250,7 @@ mod tests {
             ..Memory::default()
         };
         let outcome = m.outcome.clone();
-        assert!(receive_file(m, p.clone(), 10, 0).await);
+        receive_file(m, p.clone(), 10, 0).await.unwrap().finish();
         assert_eq!(*outcome.borrow(), Some(Ok(())));
         let now = std::fs::read(&p).unwrap();
         assert_eq!(&now[10..21], b"hello world");
@@ -252,7 +265,7 @@ mod tests {
             ..Memory::default()
         };
         let outcome = m.outcome.clone();
-        assert!(!receive_file(m, p.clone(), 0, 3).await);
+        assert!(receive_file(m, p.clone(), 0, 3).await.is_none());
         assert!(matches!(&*outcome.borrow(), Some(Err(_))));
     }
 }
