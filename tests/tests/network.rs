@@ -754,8 +754,8 @@ fn two_guests_on_an_isolated_network_reach_each_other_not_the_outside() {
     ] {
         let xml = guest_xml(&dir, name, 256)
             .replace(
-                "quiet</cmdline>",
-                &format!("quiet qemud.peer={peer} qemud.outside=10.55.0.2</cmdline>"),
+                "</cmdline>",
+                &format!(" qemud.peer={peer} qemud.outside=10.55.0.2</cmdline>"),
             )
             .replace(
                 "<memballoon model='none'/>",
@@ -769,7 +769,7 @@ fn two_guests_on_an_isolated_network_reach_each_other_not_the_outside() {
     }
     for (name, peer) in [("isoa", "10.66.0.12"), ("isob", "10.66.0.11")] {
         let log = serial_log(&dir, name);
-        wait_until(420, &format!("{name} done"), || {
+        wait_until(240, &format!("{name} done"), || {
             std::fs::read_to_string(&log)
                 .map(|t| t.contains("QEMUD-GUEST-OUTSIDE-"))
                 .unwrap_or(false)
