@@ -653,29 +653,37 @@ async fn vol_get_path(call: &Call, a: StorageVolGetPathArgs) -> Result<StorageVo
 async fn vol_download(call: &Call, a: StorageVolDownloadArgs) -> Result<()> {
     // Sparse streams need holes in the stream engine.
     check_flags(a.flags, 0, "virStorageVolDownload")?;
-    let t = transfer::begin_transfer(drv(call), a.vol).await?;
-    let io = match stream_glue::open(call, "virStorageVolDownload").await {
-        Ok(io) => io,
-        Err(e) => {
-            transfer::finish_transfer(drv(call), t).await;
-            return Err(e);
-        }
-    };
-    let driver = drv(call).clone();
-    actix_rt::spawn(async move {
-        let finished = transfer::send_file(io, t.path.clone(), a.offset, a.length).await;
-        transfer::finish_transfer(&driver, t).await;
-        if let Some(io) = finished {
-            io.finish();
-        }
-    });
-    Ok(())
+    let (offset, length) = (a.offset, a.length);
+    transfer_in_background(call, a.vol, "virStorageVolDownload", move |io, path| {
+        transfer::send_file(io, path, offset, length)
+    })
+    .await
 }
 
 async fn vol_upload(call: &Call, a: StorageVolUploadArgs) -> Result<()> {
     check_flags(a.flags, 0, "virStorageVolUpload")?;
-    let t = transfer::begin_transfer(drv(call), a.vol).await?;
-    let io = match stream_glue::open(call, "virStorageVolUpload").await {
+    let (offset, length) = (a.offset, a.length);
+    transfer_in_background(call, a.vol, "virStorageVolUpload", move |io, path| {
+        transfer::receive_file(io, path, offset, length)
+    })
+    .await
+}
+
+/// Marks the volume in use, opens the call's stream and runs `copy` over it
+/// in the background. The volume is released before the client's finish is
+/// confirmed, so a client that deletes it right after finds it free.
+async fn transfer_in_background<F, Fut>(
+    call: &Call,
+    vol: NonnullStorageVol,
+    api: &str,
+    copy: F,
+) -> Result<()>
+where
+    F: FnOnce(crate::rpc::stream::StreamIo, std::path::PathBuf) -> Fut + 'static,
+    Fut: std::future::Future<Output = Option<crate::rpc::stream::StreamIo>> + 'static,
+{
+    let t = transfer::begin_transfer(drv(call), vol).await?;
+    let io = match stream_glue::open(call, api).await {
         Ok(io) => io,
         Err(e) => {
             transfer::finish_transfer(drv(call), t).await;
@@ -684,7 +692,7 @@ async fn vol_upload(call: &Call, a: StorageVolUploadArgs) -> Result<()> {
     };
     let driver = drv(call).clone();
     actix_rt::spawn(async move {
-        let finished = transfer::receive_file(io, t.path.clone(), a.offset, a.length).await;
+        let finished = copy(io, t.path.clone()).await;
         transfer::finish_transfer(&driver, t).await;
         if let Some(io) = finished {
             io.finish();
