@@ -139,61 +139,29 @@ async fn qmp(
 async fn probe(h: &LiveHandle, groups: u32, deadline: Duration) -> Probe {
     let balloon_dev = h.def.devices.memballoon == "virtio";
     let want = |g: u32| groups & g != 0;
+    // One monitor command per wanted group, all at once, each under the
+    // deadline; a group not asked for costs nothing.
+    let ask = |on: bool, command: &'static str, arguments: Option<Value>| async move {
+        if on {
+            qmp(h, command, arguments, deadline).await
+        } else {
+            None
+        }
+    };
+    let balloon_on = want(group::BALLOON) && balloon_dev;
+    let guest_stats_path =
+        json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats"});
+    let halt_poll_args = json!({"target": "vcpu", "providers": [
+        {"provider": "kvm", "names": ["halt_poll_success_ns", "halt_poll_fail_ns"]}
+    ]});
     let (balloon, guest_stats, blockstats, block, cpus, dirty_rate, halt_poll) = futures::join!(
-        async {
-            if want(group::BALLOON) && balloon_dev {
-                qmp(h, "query-balloon", None, deadline).await
-            } else {
-                None
-            }
-        },
-        async {
-            if want(group::BALLOON) && balloon_dev {
-                let args =
-                    json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats"});
-                qmp(h, "qom-get", Some(args), deadline).await
-            } else {
-                None
-            }
-        },
-        async {
-            if want(group::BLOCK) {
-                qmp(h, "query-blockstats", None, deadline).await
-            } else {
-                None
-            }
-        },
-        async {
-            if want(group::BLOCK) {
-                qmp(h, "query-block", None, deadline).await
-            } else {
-                None
-            }
-        },
-        async {
-            if want(group::VCPU) {
-                qmp(h, "query-cpus-fast", None, deadline).await
-            } else {
-                None
-            }
-        },
-        async {
-            if want(group::DIRTYRATE) {
-                qmp(h, "query-dirty-rate", None, deadline).await
-            } else {
-                None
-            }
-        },
-        async {
-            if want(group::CPU_TOTAL) {
-                let args = json!({"target": "vcpu", "providers": [
-                    {"provider": "kvm", "names": ["halt_poll_success_ns", "halt_poll_fail_ns"]}
-                ]});
-                qmp(h, "query-stats", Some(args), deadline).await
-            } else {
-                None
-            }
-        },
+        ask(balloon_on, "query-balloon", None),
+        ask(balloon_on, "qom-get", Some(guest_stats_path)),
+        ask(want(group::BLOCK), "query-blockstats", None),
+        ask(want(group::BLOCK), "query-block", None),
+        ask(want(group::VCPU), "query-cpus-fast", None),
+        ask(want(group::DIRTYRATE), "query-dirty-rate", None),
+        ask(want(group::CPU_TOTAL), "query-stats", Some(halt_poll_args)),
     );
     if let Some(list) = cpus.as_ref().and_then(Value::as_array) {
         let threads = list
