@@ -31,6 +31,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     openssh-client \
     netcat-openbsd \
     iproute2 \
+    e2fsprogs \
     pci.ids \
     dnsmasq-base \
     nftables \
